@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/shardproxy/shardproxy/admin"
+	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/metrics"
+	"github.com/shardproxy/shardproxy/pool"
+	"github.com/shardproxy/shardproxy/proxy"
+)
+
+// shutdownGrace is how long open transactions get to finish on SIGTERM.
+const shutdownGrace = 10 * time.Second
+
+func runFromFile(ctx context.Context, path string, onReady func(addr string)) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	return run(ctx, cfg, nil, onReady)
+}
+
+// run starts the proxy and the admin API and blocks until SIGINT/SIGTERM
+// or ctx ends, then shuts down gracefully.
+func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady func(addr string)) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	log := slog.Default()
+	m := metrics.New()
+	pools := pool.NewManager(pool.Options{
+		MaxSize:        cfg.Pool.Size,
+		WaitTimeout:    cfg.Pool.WaitTimeout.D(),
+		ConnectTimeout: cfg.Pool.ConnectTimeout.D(),
+		IdleTimeout:    cfg.Pool.IdleTimeout.D(),
+		OnConnect: func(err error) {
+			m.ServerConnectsTotal.Inc()
+			if err != nil {
+				m.ServerConnectErrors.Inc()
+			}
+		},
+		OnWait:        func(d time.Duration) { m.PoolWaitSeconds.Observe(d.Seconds()) },
+		OnWaitTimeout: func() { m.PoolWaitTimeouts.Inc() },
+	})
+	defer pools.Close()
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m)})
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	started := time.Now()
+	m.RegisterPoolCollector(func() []metrics.PoolStats { return poolStats(pools) })
+	adm := admin.NewServer(admin.Options{
+		Listen:   cfg.Admin.Listen,
+		Token:    cfg.Admin.Token,
+		Registry: m.Registry(),
+		Logger:   log,
+		Status: func() admin.Status {
+			st := admin.Status{
+				Version: version, StartedAt: started, Listen: srv.Addr(), PoolMode: cfg.Pool.Mode,
+				ClientConnections: srv.ClientCount(),
+			}
+			for _, sh := range cfg.Shards {
+				ss := admin.ShardStatus{Name: sh.Name, Primary: admin.NodeStatus{Addr: dsnAddr(sh.Primary), Role: "primary", Healthy: true}}
+				for _, r := range sh.Replicas {
+					ss.Replicas = append(ss.Replicas, admin.NodeStatus{Addr: dsnAddr(r), Role: "replica", Healthy: true})
+				}
+				st.Shards = append(st.Shards, ss)
+			}
+			for _, p := range poolStats(pools) {
+				st.Pools = append(st.Pools, admin.PoolStatus(p))
+			}
+			return st
+		},
+	})
+	if err := adm.Start(); err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	log.Info("shardproxy listening", "addr", srv.Addr(), "admin", adm.Addr(), "pool_mode", cfg.Pool.Mode)
+	if onReady != nil {
+		onReady(srv.Addr())
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	select {
+	case sig := <-sigs:
+		log.Info("shutting down", "signal", sig.String())
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	_ = adm.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown cut open transactions", "err", err)
+	}
+	return nil
+}
+
+func hooks(m *metrics.Metrics) proxy.Hooks {
+	return proxy.Hooks{
+		ClientConnected: func() {
+			m.ClientConnections.Inc()
+			m.ClientConnectionsTotal.Inc()
+		},
+		ClientDisconnected: func() { m.ClientConnections.Dec() },
+		ClientRefused: func(reason string) {
+			m.ClientsRefused.WithLabelValues(reason).Inc()
+		},
+		Query:       func() { m.Queries.Inc() },
+		Transaction: func() { m.Transactions.Inc() },
+		Error:       m.Error,
+		Cancel:      func() { m.CancelRequests.Inc() },
+	}
+}
+
+func poolStats(pm *pool.Manager) []metrics.PoolStats {
+	var out []metrics.PoolStats
+	for _, p := range pm.All() {
+		s := p.Stats()
+		out = append(out, metrics.PoolStats{
+			Shard: p.Shard, Node: p.Key.Node, Role: p.Role, User: p.Key.User, Database: p.Key.Database,
+			Idle: s.Idle, Active: s.Active, Waiting: s.Waiting, MaxSize: s.MaxSize,
+		})
+	}
+	return out
+}

@@ -1,0 +1,357 @@
+// Package config loads and validates the shardproxy YAML configuration.
+//
+// Every validation error names the offending field by its YAML path
+// (for example `shards[1].primary`), so an operator can fix the file
+// without reading the source.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole proxy configuration.
+type Config struct {
+	// Listen is the client-facing address, host:port.
+	Listen string `yaml:"listen"`
+	// Admin configures the admin HTTP API (/metrics, /api/v1/...).
+	Admin Admin `yaml:"admin"`
+	// TLS configures TLS for client connections.
+	TLS TLS `yaml:"tls"`
+	// Users who may connect, with their passwords and auth method.
+	Users []User `yaml:"users"`
+	// Pool sizes and pooling mode.
+	Pool Pool `yaml:"pool"`
+	// MaxClientConn caps concurrent client connections (SQLSTATE 53300 beyond it).
+	MaxClientConn int `yaml:"max_client_conn"`
+	// Shards lists every shard with its primary and replicas.
+	Shards []Shard `yaml:"shards"`
+	// Sharding declares which tables are sharded and by what key.
+	Sharding Sharding `yaml:"sharding"`
+}
+
+// Admin is the admin HTTP listener.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	// Token, when set, is required as "Authorization: Bearer <token>".
+	Token string `yaml:"token"`
+}
+
+// TLS holds the certificate the proxy presents to clients.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" }
+
+// User is a client login.
+type User struct {
+	Name     string `yaml:"name"`
+	Password string `yaml:"password"`
+	// Auth is scram-sha-256 (default), md5 or trust.
+	Auth string `yaml:"auth"`
+	// Admin users may open the admin console (database "shardproxy").
+	Admin bool `yaml:"admin"`
+	// ServerUser and ServerPassword, when set, are the credentials the
+	// proxy uses on the backends instead of the client's own.
+	ServerUser     string `yaml:"server_user"`
+	ServerPassword string `yaml:"server_password"`
+}
+
+// Pool configures backend connection pools, one per (node, user, database).
+type Pool struct {
+	// Mode is transaction (default) or session.
+	Mode string `yaml:"mode"`
+	// Size is the maximum number of server connections per pool.
+	Size int `yaml:"size"`
+	// WaitTimeout bounds how long a client waits for a server connection.
+	WaitTimeout Duration `yaml:"wait_timeout"`
+	// ConnectTimeout bounds establishing a server connection.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// IdleTimeout closes server connections idle for longer.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// PreparedStatementCache bounds the server-side prepared statements kept per server connection.
+	PreparedStatementCache int `yaml:"prepared_statement_cache"`
+}
+
+// Pool modes.
+const (
+	PoolTransaction = "transaction"
+	PoolSession     = "session"
+)
+
+// Shard is one shard: a primary and its streaming replicas.
+type Shard struct {
+	Name     string   `yaml:"name"`
+	Primary  string   `yaml:"primary"`
+	Replicas []string `yaml:"replicas"`
+}
+
+// Sharding declares sharded and reference tables. Routing by key arrives
+// with the router; the declarations are validated now so configs written
+// today keep working.
+type Sharding struct {
+	Slots           int            `yaml:"slots"`
+	DefaultShard    string         `yaml:"default_shard"`
+	Tables          []ShardedTable `yaml:"tables"`
+	ReferenceTables []string       `yaml:"reference_tables"`
+}
+
+// ShardedTable is a table split across shards by a key column.
+type ShardedTable struct {
+	Name string `yaml:"name"`
+	Key  string `yaml:"key"`
+	// Method is hash (default), range or list.
+	Method string `yaml:"method"`
+}
+
+// Duration is a time.Duration that reads "5s" or "250ms" from YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (try \"5s\" or \"250ms\")", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Load reads, defaults and validates the config file at path.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML, rejecting unknown fields, then defaults and validates.
+func Parse(raw []byte) (*Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	// An empty document decodes to io.EOF; let it through so validation
+	// names the missing fields instead.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// SetDefaults fills every unset field with its documented default.
+func (c *Config) SetDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:6432"
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = "127.0.0.1:6480"
+	}
+	if c.Pool.Mode == "" {
+		c.Pool.Mode = PoolTransaction
+	}
+	if c.Pool.Size == 0 {
+		c.Pool.Size = 20
+	}
+	if c.Pool.WaitTimeout == 0 {
+		c.Pool.WaitTimeout = Duration(5 * time.Second)
+	}
+	if c.Pool.ConnectTimeout == 0 {
+		c.Pool.ConnectTimeout = Duration(5 * time.Second)
+	}
+	if c.Pool.IdleTimeout == 0 {
+		c.Pool.IdleTimeout = Duration(5 * time.Minute)
+	}
+	if c.Pool.PreparedStatementCache == 0 {
+		c.Pool.PreparedStatementCache = 500
+	}
+	if c.MaxClientConn == 0 {
+		c.MaxClientConn = 1000
+	}
+	for i := range c.Users {
+		if c.Users[i].Auth == "" {
+			c.Users[i].Auth = "scram-sha-256"
+		}
+	}
+	if c.Sharding.Slots == 0 {
+		c.Sharding.Slots = 256
+	}
+	if c.Sharding.DefaultShard == "" && len(c.Shards) > 0 {
+		c.Sharding.DefaultShard = c.Shards[0].Name
+	}
+	for i := range c.Sharding.Tables {
+		if c.Sharding.Tables[i].Method == "" {
+			c.Sharding.Tables[i].Method = "hash"
+		}
+	}
+}
+
+// Validate checks the config and returns every problem found, each naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(field, addr string) {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(field, "%q is not host:port", addr)
+		}
+	}
+	checkAddr("listen", c.Listen)
+	checkAddr("admin.listen", c.Admin.Listen)
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "cert_file and key_file must be set together")
+	}
+	for _, f := range []struct{ field, path string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}} {
+		if f.path != "" {
+			if _, err := os.Stat(f.path); err != nil {
+				bad(f.field, "%v", err)
+			}
+		}
+	}
+	if len(c.Users) == 0 {
+		bad("users", "at least one user is required")
+	}
+	seenUser := map[string]bool{}
+	for i, u := range c.Users {
+		field := fmt.Sprintf("users[%d]", i)
+		if u.Name == "" {
+			bad(field+".name", "is required")
+		}
+		if seenUser[u.Name] {
+			bad(field+".name", "duplicate user %q", u.Name)
+		}
+		seenUser[u.Name] = true
+		switch u.Auth {
+		case "scram-sha-256", "md5":
+			if u.Password == "" {
+				bad(field+".password", "is required for auth %s", u.Auth)
+			}
+		case "trust":
+		default:
+			bad(field+".auth", "%q is not one of scram-sha-256, md5, trust", u.Auth)
+		}
+	}
+	switch c.Pool.Mode {
+	case PoolTransaction, PoolSession:
+	default:
+		bad("pool.mode", "%q is not one of transaction, session", c.Pool.Mode)
+	}
+	if c.Pool.Size < 1 {
+		bad("pool.size", "must be at least 1, got %d", c.Pool.Size)
+	}
+	if c.Pool.WaitTimeout < 0 {
+		bad("pool.wait_timeout", "must not be negative")
+	}
+	if c.Pool.PreparedStatementCache < 1 {
+		bad("pool.prepared_statement_cache", "must be at least 1")
+	}
+	if c.MaxClientConn < 1 {
+		bad("max_client_conn", "must be at least 1, got %d", c.MaxClientConn)
+	}
+	if len(c.Shards) == 0 {
+		bad("shards", "at least one shard is required")
+	}
+	seenShard := map[string]bool{}
+	for i, s := range c.Shards {
+		field := fmt.Sprintf("shards[%d]", i)
+		if s.Name == "" {
+			bad(field+".name", "is required")
+		}
+		if seenShard[s.Name] {
+			bad(field+".name", "duplicate shard %q", s.Name)
+		}
+		seenShard[s.Name] = true
+		if s.Primary == "" {
+			bad(field+".primary", "is required")
+		} else if err := checkDSN(s.Primary); err != nil {
+			bad(field+".primary", "%v", err)
+		}
+		for j, r := range s.Replicas {
+			if err := checkDSN(r); err != nil {
+				bad(fmt.Sprintf("%s.replicas[%d]", field, j), "%v", err)
+			}
+		}
+	}
+	if c.Sharding.Slots < 1 {
+		bad("sharding.slots", "must be at least 1")
+	}
+	if c.Sharding.DefaultShard != "" && !seenShard[c.Sharding.DefaultShard] {
+		bad("sharding.default_shard", "no shard named %q", c.Sharding.DefaultShard)
+	}
+	for i, t := range c.Sharding.Tables {
+		field := fmt.Sprintf("sharding.tables[%d]", i)
+		if t.Name == "" {
+			bad(field+".name", "is required")
+		}
+		if t.Key == "" {
+			bad(field+".key", "is required")
+		}
+		switch t.Method {
+		case "hash", "range", "list":
+		default:
+			bad(field+".method", "%q is not one of hash, range, list", t.Method)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkDSN accepts postgres:// URLs and key=value connection strings with a host.
+func checkDSN(dsn string) error {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return fmt.Errorf("bad DSN: %w", err)
+		}
+		if u.Host == "" {
+			return fmt.Errorf("DSN %q has no host", dsn)
+		}
+		return nil
+	}
+	if !strings.Contains(dsn, "host=") {
+		return fmt.Errorf("DSN %q is neither a postgres:// URL nor a key=value string with host=", dsn)
+	}
+	return nil
+}
+
+// User looks up a user by name.
+func (c *Config) User(name string) (User, bool) {
+	for _, u := range c.Users {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// Marshal renders the config as YAML (used by `shardproxy dev` to write its config file).
+func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }

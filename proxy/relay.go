@@ -1,0 +1,388 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/shardproxy/shardproxy/wire"
+)
+
+var errEOF = io.EOF
+
+// clientFlushAt is how much relayed output is held before writing to the
+// client even though the server has more ready.
+const clientFlushAt = 32 << 10
+
+// serverFlushAt is the COPY FROM STDIN chunk sent to the server at once.
+const serverFlushAt = 64 << 10
+
+func (ss *session) push(p pend) { ss.pending = append(ss.pending, p) }
+
+func (ss *session) pendingLen() int { return len(ss.pending) - ss.head }
+
+func (ss *session) pop() {
+	ss.head++
+	if ss.head == len(ss.pending) {
+		ss.pending = ss.pending[:0]
+		ss.head = 0
+	}
+}
+
+// translate writes the batch to the server connection, renaming client
+// statements to their shared server names and preparing them on this
+// server first where it lacks them, and queues what each message owes.
+func (ss *session) translate() {
+	sc := ss.sc
+	w := sc.W
+	limit := ss.srv.cfg.Pool.PreparedStatementCache
+	if sc.PreparedCount() > limit {
+		for _, name := range sc.EvictPrepared(limit * 9 / 10) {
+			w.SetBuf(appendMsg(w.Buf(), 'C', []byte{'S'}, []byte(name), []byte{0}))
+			ss.push(pend{kind: pClose, mode: mSwallow})
+		}
+	}
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		msg := ss.batch[o.start:o.end]
+		if ss.skipToSync {
+			// The server is discarding until Sync after an error; so do we.
+			if o.typ != 'S' {
+				continue
+			}
+			ss.skipToSync = false
+		}
+		switch o.typ {
+		case 'P':
+			if o.stmt == nil {
+				w.Append(msg)
+				ss.push(pend{kind: pParse})
+			} else if sc.HasPrepared(o.stmt.serverName) {
+				ss.push(pend{kind: pParse, mode: mSynth})
+			} else {
+				w.Append(o.stmt.parse)
+				sc.AddPrepared(o.stmt.serverName)
+				ss.push(pend{kind: pParse, forget: o.stmt.serverName})
+			}
+		case 'B':
+			if o.stmt == nil {
+				w.Append(msg)
+			} else {
+				ss.ensurePrepared(o.stmt)
+				portal, rest, _ := cutCString(wire.Body(msg))
+				_, rest, _ = cutCString(rest)
+				w.SetBuf(appendMsg(w.Buf(), 'B', portal, []byte{0}, []byte(o.stmt.serverName), []byte{0}, rest))
+			}
+			ss.push(pend{kind: pBind})
+		case 'D':
+			kind := byte(pDescribePortl)
+			if len(msg) > 5 && msg[5] == 'S' {
+				kind = pDescribeStmt
+			}
+			if o.stmt == nil {
+				w.Append(msg)
+			} else {
+				ss.ensurePrepared(o.stmt)
+				w.SetBuf(appendMsg(w.Buf(), 'D', []byte{'S'}, []byte(o.stmt.serverName), []byte{0}))
+			}
+			ss.push(pend{kind: kind})
+		case 'C':
+			if o.closeLocal {
+				ss.push(pend{kind: pClose, mode: mSynth})
+			} else {
+				w.Append(msg)
+				ss.push(pend{kind: pClose})
+			}
+		case 'E':
+			w.Append(msg)
+			ss.push(pend{kind: pExecute, sets: o.sets})
+		case 'S':
+			w.Append(msg)
+			ss.push(pend{kind: pSync})
+		case 'Q', 'F':
+			w.Append(msg)
+			ss.push(pend{kind: pQuery, sets: o.sets})
+		default: // 'H'
+			w.Append(msg)
+		}
+	}
+}
+
+// ensurePrepared prepares st on the attached server if it lacks it; the
+// ParseComplete is the proxy's to swallow.
+func (ss *session) ensurePrepared(st *sharedStmt) {
+	if ss.sc.HasPrepared(st.serverName) {
+		return
+	}
+	ss.sc.W.Append(st.parse)
+	ss.sc.AddPrepared(st.serverName)
+	ss.push(pend{kind: pParse, mode: mSwallow, forget: st.serverName})
+}
+
+// emit appends a relayed message for the client, writing out when the
+// buffer is large.
+func (ss *session) emit(msg []byte) error {
+	ss.w.Append(msg)
+	if ss.w.Len() >= clientFlushAt {
+		if err := ss.w.Flush(); err != nil {
+			return clientError{err}
+		}
+	}
+	return nil
+}
+
+var (
+	msgParseComplete = []byte{'1', 0, 0, 0, 4}
+	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
+)
+
+// pump relays server messages to the client until every pending entry is
+// answered. Entries the proxy answers itself are emitted in their turn.
+func (ss *session) pump() error {
+	sc := ss.sc
+	for {
+		for ss.pendingLen() > 0 && ss.pending[ss.head].mode == mSynth {
+			switch ss.pending[ss.head].kind {
+			case pParse:
+				ss.w.Append(msgParseComplete)
+			case pClose:
+				ss.w.Append(msgCloseComplete)
+			}
+			ss.pop()
+		}
+		if ss.pendingLen() == 0 {
+			return nil
+		}
+		if sc.R.Buffered() == 0 && ss.w.Len() > 0 {
+			// Nothing more to read without waiting: let the client have
+			// what there is (rows before a slow function finishes).
+			if err := ss.w.Flush(); err != nil {
+				return clientError{err}
+			}
+		}
+		typ, msg, err := sc.R.Next()
+		if err != nil {
+			return err
+		}
+		h := &ss.pending[ss.head]
+		fwd := h.mode == mForward
+		switch typ {
+		case 'D', 'd': // DataRow, CopyData: the bulk of traffic
+			if fwd {
+				if err := ss.emit(msg); err != nil {
+					return err
+				}
+			}
+		case 'C': // CommandComplete
+			if fwd {
+				if err := ss.emit(msg); err != nil {
+					return err
+				}
+			}
+			if bytes.HasPrefix(wire.Body(msg), []byte("ROLLBACK")) {
+				ss.sawRollback = true
+			}
+			if h.kind == pExecute {
+				ss.stash = append(ss.stash, h.sets...)
+				ss.pop()
+			} else if h.kind == pQuery && len(h.sets) > 0 {
+				// Settings of a simple query apply once it all succeeded.
+				ss.stash = append(ss.stash, h.sets...)
+				h.sets = nil
+			}
+		case 'Z': // ReadyForQuery
+			status := byte('I')
+			if len(msg) > 5 {
+				status = msg[5]
+			}
+			if fwd {
+				if err := ss.emit(msg); err != nil {
+					return err
+				}
+			}
+			ss.pop()
+			ss.readyForQuery(status, fwd)
+		case 'E':
+			if err := ss.serverError(h, msg); err != nil {
+				return err
+			}
+		case '1', '2', '3': // ParseComplete, BindComplete, CloseComplete
+			if fwd {
+				ss.w.Append(msg)
+			}
+			ss.pop()
+		case 'T', 'n': // RowDescription, NoData
+			if fwd {
+				ss.w.Append(msg)
+			}
+			if h.kind == pDescribeStmt || h.kind == pDescribePortl {
+				ss.pop()
+			}
+		case 'I', 's': // EmptyQueryResponse, PortalSuspended
+			if fwd {
+				ss.w.Append(msg)
+			}
+			if h.kind == pExecute {
+				ss.pop()
+			}
+		case 'S': // ParameterStatus
+			ss.parameterStatus(msg)
+			if fwd {
+				ss.w.Append(msg)
+			}
+		case 'G': // CopyInResponse: the client streams rows to the server
+			ss.w.Append(msg)
+			if err := ss.copyIn(); err != nil {
+				return err
+			}
+		default: // 't', 'H', 'c', 'N', 'A', 'V', 'W', ...
+			if fwd || typ == 'A' {
+				if err := ss.emit(msg); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// readyForQuery settles transaction state and session settings at the end
+// of a query or Sync.
+func (ss *session) readyForQuery(status byte, counted bool) {
+	prev := ss.txStatus
+	if counted && status == 'I' && ss.srv.hooks.Transaction != nil && (prev != 'I' || !ss.errSeen) {
+		ss.srv.hooks.Transaction()
+	}
+	switch {
+	case ss.errSeen || ss.sawRollback:
+		ss.stash = ss.stash[:0]
+		if status == 'I' {
+			ss.txSets = ss.txSets[:0]
+		}
+	case status == 'I':
+		if len(ss.txSets) > 0 || len(ss.stash) > 0 {
+			ss.applySets(append(ss.txSets, ss.stash...))
+		}
+		ss.txSets = ss.txSets[:0]
+		ss.stash = ss.stash[:0]
+	case status == 'T':
+		ss.txSets = append(ss.txSets, ss.stash...)
+		ss.stash = ss.stash[:0]
+	}
+	if counted || prev != 0 {
+		ss.txStatus = status
+	}
+	ss.errSeen = false
+	ss.sawRollback = false
+}
+
+// serverError relays an ErrorResponse and, in the extended protocol,
+// drops what the server will now skip until Sync.
+func (ss *session) serverError(h *pend, msg []byte) error {
+	ss.errSeen = true
+	if h.mode == mSwallow && h.kind == pQuery {
+		e := decodeError(msg)
+		if h.login {
+			ss.loginErr = e
+		} else {
+			ss.srv.log.Warn("applying session settings failed", "pid", ss.pid, "err", e)
+		}
+		return nil
+	}
+	if ss.srv.hooks.Error != nil {
+		ss.srv.hooks.Error(errorCode(msg))
+	}
+	if err := ss.emit(msg); err != nil {
+		return err
+	}
+	if h.kind == pQuery {
+		return nil // the ReadyForQuery still comes
+	}
+	for ss.pendingLen() > 0 && ss.pending[ss.head].kind != pSync {
+		if f := ss.pending[ss.head].forget; f != "" {
+			ss.sc.ForgetPrepared(f)
+		}
+		ss.pop()
+	}
+	if ss.pendingLen() == 0 {
+		ss.skipToSync = true
+	}
+	return nil
+}
+
+// copyIn streams COPY FROM STDIN data from the client to the server until
+// CopyDone or CopyFail.
+func (ss *session) copyIn() error {
+	if err := ss.w.Flush(); err != nil {
+		return clientError{err}
+	}
+	sc := ss.sc
+	for {
+		if ss.r.Buffered() == 0 && sc.W.Len() > 0 {
+			if err := sc.W.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, msg, err := ss.r.Next()
+		if err != nil {
+			return clientError{err}
+		}
+		switch typ {
+		case 'd':
+			sc.W.Append(msg)
+			if sc.W.Len() >= serverFlushAt {
+				if err := sc.W.Flush(); err != nil {
+					return err
+				}
+			}
+		case 'c', 'f':
+			sc.W.Append(msg)
+			return sc.W.Flush()
+		case 'H', 'S':
+			// The server ignores these during COPY; pass them on as sent.
+			sc.W.Append(msg)
+		default:
+			_ = sc.W.Send(&pgproto3.CopyFail{Message: "unexpected message type during COPY from stdin"})
+			_ = sc.W.Flush()
+			ss.fatal(wire.Fatalf(wire.CodeProtocolViolation, "unexpected message type %q during COPY from stdin", typ))
+			return clientError{io.ErrUnexpectedEOF}
+		}
+	}
+}
+
+func (ss *session) parameterStatus(msg []byte) {
+	name, rest, ok := cutCString(wire.Body(msg))
+	if !ok {
+		return
+	}
+	val, _, ok := cutCString(rest)
+	if !ok {
+		return
+	}
+	ss.sc.Reported[string(name)] = string(val)
+}
+
+// errorCode pulls the SQLSTATE out of a raw ErrorResponse.
+func errorCode(msg []byte) string {
+	b := wire.Body(msg)
+	for len(b) > 0 && b[0] != 0 {
+		f := b[0]
+		v, rest, ok := cutCString(b[1:])
+		if !ok {
+			break
+		}
+		if f == 'C' {
+			return string(v)
+		}
+		b = rest
+	}
+	return ""
+}
+
+func decodeError(msg []byte) *wire.Error {
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(wire.Body(msg)); err != nil {
+		return wire.Errorf(wire.CodeProtocolViolation, "undecodable server error: %v", err)
+	}
+	return &wire.Error{Severity: "FATAL", Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}

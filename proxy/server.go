@@ -1,0 +1,266 @@
+// Package proxy is the client-facing side of shardproxy: it accepts
+// PostgreSQL connections, authenticates them, and relays each client's
+// statements to pooled server connections.
+//
+// A session runs on one goroutine: it reads client messages up to a
+// point where the client waits for answers (Sync, Query, Flush), sends
+// them to a server connection in one write, and relays the answers back
+// in one write, so a pgbench round trip costs one read and one write on
+// each side.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/shardproxy/shardproxy/auth"
+	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/pool"
+)
+
+// Hooks let the proxy report to metrics without depending on them; every
+// field is optional.
+type Hooks struct {
+	ClientConnected    func()
+	ClientDisconnected func()
+	ClientRefused      func(reason string)
+	Query              func()
+	Transaction        func()
+	Error              func(sqlstate string)
+	Cancel             func()
+}
+
+// Options configure a Server beyond the config file.
+type Options struct {
+	Logger *slog.Logger
+	Hooks  Hooks
+	// TLS overrides the config's certificate (dev mode uses a generated one).
+	TLS *tls.Config
+	// Pools overrides the pool manager (tests); built from cfg when nil.
+	Pools *pool.Manager
+}
+
+// Server accepts client connections.
+type Server struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	hooks     Hooks
+	tls       *tls.Config
+	pools     *pool.Manager
+	ownPools  bool
+	verifiers *auth.Verifiers
+	primary   *pool.Node // default shard primary: every statement goes here for now
+	stmts     *stmtRegistry
+
+	ln       net.Listener
+	wg       sync.WaitGroup
+	clients  atomic.Int64
+	shutting atomic.Bool
+	hardStop atomic.Int64 // unix nanos after which in-transaction sessions are cut
+
+	mu       sync.Mutex
+	sessions map[uint32]*session
+}
+
+// New builds a server from a validated config.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		hooks:     opts.Hooks,
+		tls:       opts.TLS,
+		pools:     opts.Pools,
+		verifiers: auth.NewVerifiers(),
+		stmts:     newStmtRegistry(),
+		sessions:  map[uint32]*session{},
+	}
+	if s.tls == nil && cfg.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: load certificate: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	def := cfg.Shards[0]
+	for _, sh := range cfg.Shards {
+		if sh.Name == cfg.Sharding.DefaultShard {
+			def = sh
+		}
+	}
+	pc, err := pgconn.ParseConfig(def.Primary)
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: primary DSN: %w", def.Name, err)
+	}
+	s.primary = &pool.Node{Shard: def.Name, Role: "primary", Config: pc}
+	if s.pools == nil {
+		s.pools = pool.NewManager(pool.Options{
+			MaxSize:        cfg.Pool.Size,
+			WaitTimeout:    cfg.Pool.WaitTimeout.D(),
+			ConnectTimeout: cfg.Pool.ConnectTimeout.D(),
+			IdleTimeout:    cfg.Pool.IdleTimeout.D(),
+		})
+		s.ownPools = true
+	}
+	return s, nil
+}
+
+// Pools exposes the pool manager for stats.
+func (s *Server) Pools() *pool.Manager { return s.pools }
+
+// ClientCount is the number of connected clients.
+func (s *Server) ClientCount() int { return int(s.clients.Load()) }
+
+// Listen binds the client port.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound client address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Serve accepts clients until Shutdown.
+func (s *Server) Serve() error {
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(nc)
+		}()
+	}
+}
+
+// Shutdown stops accepting clients, lets running statements and open
+// transactions finish until ctx expires, tells idle clients the server is
+// shutting down (57P01), then closes the pools.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	hard := time.Now().Add(10 * time.Second)
+	if dl, ok := ctx.Deadline(); ok {
+		hard = dl
+	}
+	s.hardStop.Store(hard.UnixNano())
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	// A past read deadline wakes every session blocked on its client; each
+	// decides whether it is idle (leave now) or in a transaction (wait).
+	s.mu.Lock()
+	for _, ss := range s.sessions {
+		_ = ss.conn.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for _, ss := range s.sessions {
+			_ = ss.conn.Close()
+			// A session waiting on its server wakes up only when that
+			// socket closes too.
+			if sc := ss.running.Load(); sc != nil {
+				_ = sc.CloseSocket()
+			}
+		}
+		s.mu.Unlock()
+		<-done
+		err = ctx.Err()
+	}
+	if s.ownPools {
+		s.pools.Close()
+	}
+	return err
+}
+
+// register gives a session its own cancel key.
+func (s *Server) register(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff
+		if pid == 0 || s.sessions[pid] != nil {
+			continue
+		}
+		ss.pid = pid
+		ss.secret = append([]byte(nil), b[4:8]...)
+		s.sessions[pid] = ss
+		return
+	}
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	if s.sessions[ss.pid] == ss {
+		delete(s.sessions, ss.pid)
+	}
+	s.mu.Unlock()
+}
+
+// cancel forwards a client's CancelRequest to the server connection that
+// is running that client's statement, if any.
+func (s *Server) cancel(pid uint32, secret []byte) {
+	s.mu.Lock()
+	ss := s.sessions[pid]
+	s.mu.Unlock()
+	if ss == nil || !equalSecret(ss.secret, secret) {
+		return
+	}
+	if s.hooks.Cancel != nil {
+		s.hooks.Cancel()
+	}
+	sc := ss.running.Load()
+	if sc == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sc.Cancel(ctx); err != nil {
+		s.log.Warn("forward cancel request", "err", err)
+	}
+}
+
+func equalSecret(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := range a {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
+}

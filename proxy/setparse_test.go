@@ -1,0 +1,35 @@
+package proxy
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestParseSessionSets(t *testing.T) {
+	cases := []struct {
+		q    string
+		want []setOp
+	}{
+		{"SELECT 1", nil},
+		{"SET application_name = 'x'", []setOp{{name: "application_name", value: "'x'"}}},
+		{"set search_path to myschema, public", []setOp{{name: "search_path", value: "myschema, public"}}},
+		{"SET SESSION TimeZone TO 'UTC'", []setOp{{name: "timezone", value: "'UTC'"}}},
+		{"SET TIME ZONE 'Europe/Paris'", []setOp{{name: "timezone", value: "'Europe/Paris'"}}},
+		{"SET LOCAL statement_timeout = 5", nil},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", nil},
+		{"SET datestyle TO DEFAULT", []setOp{{name: "datestyle", reset: true}}},
+		{"RESET search_path", []setOp{{name: "search_path", reset: true}}},
+		{"RESET ALL", []setOp{{all: true}}},
+		{"DISCARD ALL", []setOp{{all: true, discard: true}}},
+		{"DEALLOCATE ALL", []setOp{{discard: true}}},
+		{"/* hi */ SET a.b = 'c;d'; SELECT 1; -- x\nSET x = 1", []setOp{{name: "a.b", value: "'c;d'"}, {name: "x", value: "1"}}},
+		{"SET x = $$y$$", nil},
+		{"SELECT 'set x = 1'", nil},
+	}
+	for _, c := range cases {
+		got := parseSessionSets(c.q)
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q: got %+v, want %+v", c.q, got, c.want)
+		}
+	}
+}
