@@ -3,6 +3,7 @@ package pool
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -78,6 +79,25 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 	return c, nil
 }
 
+// idleCheckAfter is how long a connection may sit idle before Acquire
+// checks that the server has not closed it meanwhile (a restart, an
+// idle_session_timeout, pg_terminate_backend). Busy connections skip the check.
+const idleCheckAfter = time.Second
+
+// alive reports whether an idle connection is still usable: the server
+// has sent nothing (an idle server only speaks to say goodbye) and has not
+// closed the socket.
+func (c *Conn) alive() bool {
+	if c.R.Buffered() > 0 {
+		return false
+	}
+	_ = c.net.SetReadDeadline(time.Now().Add(-time.Second))
+	_, _, err := c.R.Next()
+	_ = c.net.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // Addr is the server's address, where cancel requests go.
 func (c *Conn) Addr() string { return c.net.RemoteAddr().String() }
 
@@ -90,6 +110,9 @@ func (c *Conn) Close() error {
 	_, _ = c.net.Write([]byte{'X', 0, 0, 0, 4})
 	return c.net.Close()
 }
+
+// SetReadDeadline sets the read deadline; a past time wakes a blocked reader.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.net.SetReadDeadline(t) }
 
 // SetDeadline sets the socket deadline (zero clears it).
 func (c *Conn) SetDeadline(t time.Time) error { return c.net.SetDeadline(t) }

@@ -69,11 +69,20 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if n := len(p.idle); n > 0 {
+	for n := len(p.idle); n > 0; n = len(p.idle) {
 		c := p.idle[n-1]
 		p.idle = p.idle[:n-1]
+		if time.Since(c.lastUsed) < idleCheckAfter {
+			p.mu.Unlock()
+			return c, nil
+		}
 		p.mu.Unlock()
-		return c, nil
+		if c.alive() {
+			return c, nil
+		}
+		_ = c.CloseSocket()
+		p.mu.Lock()
+		p.total--
 	}
 	if p.total < p.opts.MaxSize {
 		p.total++

@@ -109,7 +109,17 @@ func (e clientError) Unwrap() error { return e.err }
 func (ss *session) run() {
 	defer ss.finish()
 	for {
+		var watch *serverWatch
+		if ss.shouldWatch() {
+			watch = ss.startWatch()
+		}
 		typ, msg, err := ss.r.Next()
+		if watch != nil {
+			if werr := watch.stop(); werr != nil {
+				_ = ss.serverLost(werr)
+				return
+			}
+		}
 		if err != nil {
 			if ss.onReadError(err) {
 				continue
@@ -322,9 +332,9 @@ func (ss *session) flushBatch() error {
 		if ss.onlyLocal() {
 			return ss.answerLocally(nil)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), ss.srv.cfg.Pool.WaitTimeout.D()+ss.srv.cfg.Pool.ConnectTimeout.D())
-		sc, err := ss.pool.Acquire(ctx)
-		cancel()
+		// The pool bounds the wait and the connect itself; no context
+		// allocation on this per-transaction path.
+		sc, err := ss.pool.Acquire(context.Background())
 		if err != nil {
 			e := wire.FromServer(err, fmt.Sprintf("connect to %s %s %s", ss.pool.Shard, ss.pool.Role, ss.pool.Key.Node))
 			if e.Severity == "FATAL" {

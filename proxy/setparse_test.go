@@ -33,3 +33,16 @@ func TestParseSessionSets(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseSessionSets(f *testing.F) {
+	f.Add("SET a = 1; RESET b; DISCARD ALL")
+	f.Add("/* x */ set time zone 'UTC' -- y")
+	f.Add("'unterminated")
+	f.Fuzz(func(t *testing.T, q string) {
+		for _, op := range parseSessionSets(q) {
+			if !op.all && !op.discard && !validGUCName(op.name) {
+				t.Fatalf("%q: invalid name %q", q, op.name)
+			}
+		}
+	})
+}

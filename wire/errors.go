@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -91,4 +92,10 @@ func FromServer(err error, what string) *Error {
 		return we
 	}
 	return Errorf(CodeConnectionFailure, "%s: %v", what, err)
+}
+
+// IsTimeout reports whether err is a deadline expiry.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only when SHARDPROXY_PPROF names an address
 	"os"
 	"os/signal"
 	"syscall"
@@ -35,6 +37,10 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		ctx = context.Background()
 	}
 	log := slog.Default()
+	if addr := os.Getenv("SHARDPROXY_PPROF"); addr != "" {
+		// Profiling is for developers: on its own listener, never on the admin API.
+		go func() { log.Warn("pprof listener stopped", "err", http.ListenAndServe(addr, nil)) }()
+	}
 	m := metrics.New()
 	pools := pool.NewManager(pool.Options{
 		MaxSize:        cfg.Pool.Size,

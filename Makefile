@@ -1,0 +1,43 @@
+# shardproxy: the two commands are `make demo` and `make test`.
+GO      ?= go
+BIN     := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+# The suite starts real PostgreSQL servers; keep it well inside CI's budget.
+TEST_TIMEOUT ?= 20m
+
+.PHONY: all build demo test test-short bench lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/shardproxy ./cmd/shardproxy
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/shardctl ./cmd/shardctl
+
+# Starts 2 shards with 1 streaming replica each and the proxy on 127.0.0.1:6432.
+demo: build
+	$(BIN)/shardproxy dev $(DEMO_FLAGS)
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only: no PostgreSQL servers.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+bench:
+	bash bench/run.sh
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+# Fuzz the wire reader and the startup path for FUZZTIME each.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./wire -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseSessionSets -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,96 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+)
+
+func msg(typ byte, body string) []byte {
+	return appendHeader(typ, []byte(body))
+}
+
+func appendHeader(typ byte, body []byte) []byte {
+	n := len(body) + 4
+	return append([]byte{typ, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, body...)
+}
+
+func TestReaderSmallAndLarge(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 100_000) // larger than the buffer
+	var in []byte
+	in = append(in, msg('Q', "select 1\x00")...)
+	in = append(in, appendHeader('d', big)...)
+	in = append(in, msg('S', "")...)
+	r := NewReader(bytes.NewReader(in), 4096)
+	for i, want := range []struct {
+		typ byte
+		n   int
+	}{{'Q', 14}, {'d', 100_005}, {'S', 5}} {
+		typ, m, err := r.Next()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if typ != want.typ || len(m) != want.n {
+			t.Fatalf("message %d: got %q len %d, want %q len %d", i, typ, len(m), want.typ, want.n)
+		}
+	}
+	if _, _, err := r.Next(); err != io.EOF {
+		t.Fatalf("at end: got %v, want EOF", err)
+	}
+}
+
+func TestReaderRejectsBadLength(t *testing.T) {
+	for _, in := range [][]byte{
+		{'Q', 0, 0, 0, 2},          // shorter than the length field itself
+		{'Q', 0x7f, 0xff, 0xff, 0}, // 2 GiB
+	} {
+		r := NewReader(bytes.NewReader(in), 4096)
+		if _, _, err := r.Next(); err == nil {
+			t.Fatalf("%v: accepted", in)
+		}
+	}
+}
+
+func TestReaderTruncated(t *testing.T) {
+	in := msg('Q', "select 1\x00")
+	r := NewReader(bytes.NewReader(in[:8]), 4096)
+	if _, _, err := r.Next(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("got %v, want unexpected EOF", err)
+	}
+}
+
+// FuzzReader feeds arbitrary bytes: the reader must return messages whose
+// framing is consistent, or an error, and never panic or over-allocate.
+func FuzzReader(f *testing.F) {
+	f.Add(msg('Q', "select 1\x00"))
+	f.Add([]byte{0, 0, 0, 8, 4, 210, 22, 47})
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := NewReader(bytes.NewReader(in), 64)
+		for {
+			typ, m, err := r.Next()
+			if err != nil {
+				return
+			}
+			if m[0] != typ || len(m) < 5 {
+				t.Fatalf("bad framing: %q %v", typ, m)
+			}
+		}
+	})
+}
+
+func BenchmarkReaderNext(b *testing.B) {
+	one := msg('D', "\x00\x01\x00\x00\x00\x04abcd")
+	in := bytes.Repeat(one, 1000)
+	src := bytes.NewReader(in)
+	r := NewReader(src, 32<<10)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(one)))
+	for i := 0; i < b.N; i++ {
+		if _, _, err := r.Next(); err != nil {
+			src.Reset(in)
+			r.Reset(src)
+		}
+	}
+}
