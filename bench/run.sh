@@ -157,6 +157,7 @@ start_proxy() {
 				PRIMARY_PORT=$(awk '$1 == "node" && $3 == "primary" { n = split($4, a, "[:/@?]"); for (i = 1; i <= n; i++) if (a[i] ~ /^[0-9]+$/) { print a[i]; exit } }' "$out")
 				PROXY_PORT=$(awk '$1 == "ready" { sub(/.*@127\.0\.0\.1:/, "", $2); sub(/\/.*/, "", $2); print $2; exit }' "$out")
 				[[ $PRIMARY_PORT =~ ^[0-9]+$ && $PROXY_PORT =~ ^[0-9]+$ ]] || die "cannot parse shardproxy dev output: $(cat "$out")"
+				ADMIN_PORT=$admin
 				log "shardproxy ready on :$PROXY_PORT, primary on :$PRIMARY_PORT"
 				return 0
 			fi
@@ -298,11 +299,33 @@ run_pgbench() {
 		grep -qiE 'error|abort|fatal' "$outf"; then
 		log "pgbench against $target (mode $mode, clients $clients) failed (exit $rc):"
 		cat "$outf" >&2
-		[[ $target == pgbouncer ]] && tail -20 "$TMP/pgbouncer/pgbouncer.log" >&2
-		[[ $target == shardproxy ]] && tail -20 "$TMP"/proxy*.err >&2
+		[[ $rc -eq 124 ]] && log "pgbench did not finish within $((secs + 60)) s (hung; killed by timeout)"
+		diagnose "$target"
 		die "pgbench run failed"
 	fi
 	echo "$tps $lat"
+}
+
+# diagnose TARGET prints what the servers looked like when a run failed, so
+# a hang or leak can be reported without rerunning: the target's log, the
+# proxy's own pool view, and the primary's sessions of the app role.
+diagnose() {
+	set +e
+	case $1 in
+	pgbouncer) tail -20 "$TMP/pgbouncer/pgbouncer.log" >&2 ;;
+	shardproxy)
+		tail -20 "$TMP"/proxy*.err >&2
+		if command -v curl >/dev/null; then
+			log "shardproxy /api/v1/status:"
+			curl -s -m 5 "http://127.0.0.1:$ADMIN_PORT/api/v1/status" >&2
+			echo >&2
+		fi
+		;;
+	esac
+	log "primary sessions of role app (state, wait_event, count, oldest state change):"
+	timeout 10 psql -XAtq -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d app -c \
+		"select state, wait_event, count(*), max(now() - state_change) from pg_stat_activity where usename = 'app' group by 1, 2" >&2
+	set -e
 }
 
 # measure_cell MODE CLIENTS: warm each target up, then ROUNDS rounds, each

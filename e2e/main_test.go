@@ -143,9 +143,12 @@ func startProxyOpts(t testing.TB, po proxyOpts, tweak func(*config.Config)) *pro
 	return srv
 }
 
-// dsn is a client DSN for the proxy at addr.
+// dsn is a client DSN for the proxy at addr. The connect timeout is above
+// the proxy's own bound on a login (pool wait_timeout + connect_timeout,
+// 10s by default), so a slow but correct login under load is not failed
+// by the client first.
 func dsn(addr, user, password, db, sslmode string) string {
-	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&connect_timeout=5", user, password, addr, db, sslmode)
+	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&connect_timeout=15", user, password, addr, db, sslmode)
 }
 
 func appDSN(srv *proxy.Server) string {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/proxy"
 )
 
 // settings is what a client expects current_setting to return.
@@ -111,16 +112,19 @@ func TestSessionSettings(t *testing.T) {
 			cfg.RuntimeParams["search_path"] = "startup_schema"
 			return cfg
 		}
-		sc := connectCfg(t, startupCfg(appDSN(srv)))
-		dc := connectCfg(t, startupCfg(primary().DSN("app")))
 		steps := []string{
 			"",
-			"SET application_name = 'changed'",
-			"RESET application_name",
+			"SET application_name = 'changed'; RESET application_name",
+			"SET search_path = other; RESET search_path",
 			"SET search_path = other; SET TimeZone = 'Europe/Berlin'",
-			"RESET ALL",
+			"SET application_name = 'changed'; SET search_path = other; RESET ALL",
+			"SET application_name = 'changed'; SET application_name TO DEFAULT",
 		}
 		for _, step := range steps {
+			// Fresh connections per step, so one failure does not carry
+			// over into the next step.
+			sc := connectCfg(t, startupCfg(appDSN(srv)))
+			dc := connectCfg(t, startupCfg(primary().DSN("app")))
 			for _, c := range []*pgx.Conn{sc, dc} {
 				if step != "" {
 					if _, err := c.PgConn().Exec(ctx, step).ReadAll(); err != nil {
@@ -146,6 +150,8 @@ func TestSessionSettings(t *testing.T) {
 			if step == "" && got.app != "e2e_startup" {
 				t.Errorf("startup application_name not applied: %+v", got)
 			}
+			_ = sc.Close(ctx)
+			_ = dc.Close(ctx)
 		}
 	})
 
@@ -156,7 +162,6 @@ func TestSessionSettings(t *testing.T) {
 		c := connect(t, srv)
 		dc := connectPrimary(t)
 		scripts := [][]string{
-			{"SET application_name = 'before'"},
 			{"BEGIN", "SET application_name = 'rolled_back'", "ROLLBACK"},
 			{"BEGIN", "SET application_name = 'in_failed_tx'", "SELECT 1/0", "ROLLBACK"},
 			{"BEGIN", "SET LOCAL application_name = 'local'", "COMMIT"},
@@ -168,6 +173,9 @@ func TestSessionSettings(t *testing.T) {
 		}
 		for _, script := range scripts {
 			for _, conn := range []*pgx.Conn{c, dc} {
+				// Each script starts from the same known value, so one
+				// failure does not hide or fake the next.
+				mustExec(t, conn, "SET application_name = 'before'")
 				for _, s := range script {
 					// Errors are part of some scripts; both sides get the same.
 					_, _ = conn.PgConn().Exec(ctx, s).ReadAll()
@@ -235,15 +243,28 @@ func TestNotices(t *testing.T) {
 // pooling the client owns its server connection, so notifications from
 // other clients must reach it while it waits idle.
 func TestNotifications(t *testing.T) {
-	wait := func(t *testing.T, c *pgx.Conn, d time.Duration) *pgconn.Notification {
+	wait := func(t *testing.T, c *pgx.Conn, d time.Duration, channel, payload string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), d)
 		defer cancel()
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {
-			t.Fatalf("no notification within %v: %v", d, err)
+			t.Errorf("no notification on %s (payload %q) within %v: %v", channel, payload, d, err)
+			return
 		}
-		return n
+		if n.Channel != channel || n.Payload != payload {
+			t.Errorf("notification %+v, want channel %s payload %q", n, channel, payload)
+		}
+	}
+	// pgx's default context handling (close the socket on timeout), not
+	// connCfg's CancelRequest: a timed-out wait should end at once.
+	connect := func(t *testing.T, srv *proxy.Server) *pgx.Conn {
+		t.Helper()
+		cfg, err := pgx.ParseConfig(appDSN(srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return connectCfg(t, cfg)
 	}
 
 	t.Run("transaction-mode-same-query", func(t *testing.T) {
@@ -252,11 +273,7 @@ func TestNotifications(t *testing.T) {
 		if _, err := c.PgConn().Exec(ctxT(t, 10*time.Second), "LISTEN e2e_ch; NOTIFY e2e_ch, 'x'").ReadAll(); err != nil {
 			t.Fatal(err)
 		}
-		n := wait(t, c, time.Second)
-		if n.Channel != "e2e_ch" || n.Payload != "x" {
-			t.Fatalf("notification %+v, want channel e2e_ch payload x", n)
-		}
-		mustExec(t, c, "UNLISTEN *")
+		wait(t, c, time.Second, "e2e_ch", "x")
 	})
 
 	t.Run("session-mode-other-client", func(t *testing.T) {
@@ -267,17 +284,14 @@ func TestNotifications(t *testing.T) {
 		a, b := connect(t, srv), connect(t, srv)
 		mustExec(t, a, "LISTEN e2e_sess")
 		mustExec(t, b, "NOTIFY e2e_sess, 'hello'")
-		n := wait(t, a, 5*time.Second)
-		if n.Channel != "e2e_sess" || n.Payload != "hello" {
-			t.Fatalf("notification %+v, want channel e2e_sess payload hello", n)
-		}
-		// Also when the listener is busy with its own queries meanwhile.
-		mustExec(t, b, "SELECT pg_notify('e2e_sess', 'second')")
-		mustExec(t, a, "SELECT 1")
-		n = wait(t, a, 5*time.Second)
-		if n.Payload != "second" {
-			t.Fatalf("second notification %+v, want payload second", n)
-		}
+		wait(t, a, 5*time.Second, "e2e_sess", "hello")
+		// Also when the listener runs its own queries meanwhile: the
+		// notification comes with the next query's answer at the latest.
+		b2, a2 := connect(t, srv), connect(t, srv)
+		mustExec(t, a2, "LISTEN e2e_sess2")
+		mustExec(t, b2, "SELECT pg_notify('e2e_sess2', 'second')")
+		mustExec(t, a2, "SELECT 1")
+		wait(t, a2, 5*time.Second, "e2e_sess2", "second")
 	})
 }
 

@@ -253,19 +253,25 @@ func (ss *session) readyForQuery(status byte, counted bool) {
 	if counted && status == 'I' && ss.srv.hooks.Transaction != nil && (prev != 'I' || !ss.errSeen) {
 		ss.srv.hooks.Transaction()
 	}
-	switch {
-	case ss.errSeen || ss.sawRollback:
+	// A failed statement's settings never happened. ROLLBACK TO SAVEPOINT
+	// also reports "ROLLBACK" but leaves the transaction open ('T'): its
+	// marker in the settings list undoes what followed the savepoint.
+	if ss.errSeen {
 		ss.stash = ss.stash[:0]
-		if status == 'I' {
-			ss.txSets = ss.txSets[:0]
-		}
+	}
+	switch {
+	case status == 'I' && ss.sawRollback:
+		ss.stash = ss.stash[:0]
+		ss.txSets = ss.txSets[:0]
 	case status == 'I':
 		if len(ss.txSets) > 0 || len(ss.stash) > 0 {
-			ss.applySets(append(ss.txSets, ss.stash...))
+			if ops := resolveSavepoints(append(ss.txSets, ss.stash...)); len(ops) > 0 {
+				ss.applySets(ops)
+			}
 		}
 		ss.txSets = ss.txSets[:0]
 		ss.stash = ss.stash[:0]
-	case status == 'T':
+	case status == 'T', status == 'E':
 		ss.txSets = append(ss.txSets, ss.stash...)
 		ss.stash = ss.stash[:0]
 	}

@@ -521,9 +521,16 @@ func (ss *session) applySets(ops []setOp) {
 			}
 			inSync = false
 		case o.reset:
-			delete(ss.params, o.name)
 			if sc != nil {
 				delete(sc.Params, o.name)
+			}
+			if v, ok := ss.startupParams[o.name]; ok {
+				// The server fell back to its own default; the client
+				// expects its startup value, which the next sync restores.
+				ss.params[o.name] = v
+				inSync = false
+			} else {
+				delete(ss.params, o.name)
 			}
 		default:
 			ss.params[o.name] = o.value

@@ -15,6 +15,9 @@ type setOp struct {
 	// discard marks DISCARD ALL / DEALLOCATE ALL, which also drop the
 	// server's prepared statements.
 	discard bool
+	// Savepoint markers, so ROLLBACK TO undoes the settings made after
+	// its savepoint: savepoint, rollbackTo and release hold the name.
+	savepoint, rollbackTo, release string
 }
 
 // parseSessionSets finds session-level SET/RESET/DISCARD statements in a
@@ -44,9 +47,11 @@ func parseSessionSets(q string) []setOp {
 func mayHaveSet(q string) bool {
 	for i := 0; i+3 <= len(q); i++ {
 		c := q[i] | 0x20
-		if (c == 's' || c == 'r' || c == 'd') && i+3 <= len(q) {
+		if c == 's' || c == 'r' || c == 'd' {
 			w := q[i : i+3]
-			if strings.EqualFold(w, "set") || strings.EqualFold(w, "res") || strings.EqualFold(w, "dis") || strings.EqualFold(w, "dea") {
+			if strings.EqualFold(w, "set") || strings.EqualFold(w, "res") || strings.EqualFold(w, "dis") ||
+				strings.EqualFold(w, "dea") || strings.EqualFold(w, "sav") || strings.EqualFold(w, "rol") ||
+				strings.EqualFold(w, "rel") {
 				return true
 			}
 		}
@@ -182,6 +187,34 @@ func parseOneSet(stmt string) (setOp, bool) {
 			return setOp{}, false
 		}
 		return setOp{name: lname, reset: true}, true
+	case "savepoint":
+		if n := identName(rest); n != "" {
+			return setOp{savepoint: n}, true
+		}
+	case "release":
+		n, r := nextWord(rest)
+		if strings.EqualFold(n, "savepoint") {
+			n, _ = nextWord(r)
+		}
+		if n = identName(n); n != "" {
+			return setOp{release: n}, true
+		}
+	case "rollback":
+		// ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
+		n, r := nextWord(rest)
+		if strings.EqualFold(n, "work") || strings.EqualFold(n, "transaction") {
+			n, r = nextWord(r)
+		}
+		if !strings.EqualFold(n, "to") {
+			return setOp{}, false
+		}
+		n, r = nextWord(r)
+		if strings.EqualFold(n, "savepoint") {
+			n, _ = nextWord(r)
+		}
+		if n = identName(n); n != "" {
+			return setOp{rollbackTo: n}, true
+		}
 	case "discard":
 		if a, _ := nextWord(rest); strings.EqualFold(a, "all") {
 			return setOp{all: true, discard: true}, true
@@ -196,6 +229,57 @@ func parseOneSet(stmt string) (setOp, bool) {
 		}
 	}
 	return setOp{}, false
+}
+
+// identName normalizes a savepoint name the way PostgreSQL does: folded to
+// lower case unless double-quoted.
+func identName(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return s
+	}
+	if i := strings.IndexAny(s, " \t\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	return strings.ToLower(s)
+}
+
+// resolveSavepoints drops the settings a ROLLBACK TO SAVEPOINT undid and
+// returns the plain setting changes, in order.
+func resolveSavepoints(ops []setOp) []setOp {
+	type mark struct {
+		name string
+		n    int
+	}
+	var out []setOp
+	var marks []mark
+	last := func(name string) int {
+		for i := len(marks) - 1; i >= 0; i-- {
+			if marks[i].name == name {
+				return i
+			}
+		}
+		return -1
+	}
+	for _, o := range ops {
+		switch {
+		case o.savepoint != "":
+			marks = append(marks, mark{o.savepoint, len(out)})
+		case o.rollbackTo != "":
+			// The savepoint survives its rollback; later ones do not.
+			if i := last(o.rollbackTo); i >= 0 {
+				out = out[:marks[i].n]
+				marks = marks[:i+1]
+			}
+		case o.release != "":
+			if i := last(o.release); i >= 0 {
+				marks = marks[:i]
+			}
+		default:
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 func valueOp(name, rest string) (setOp, bool) {

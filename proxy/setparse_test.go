@@ -46,3 +46,22 @@ func FuzzParseSessionSets(f *testing.F) {
 		}
 	})
 }
+
+func TestResolveSavepoints(t *testing.T) {
+	ops := parseSessionSets(`SET a = 1; SAVEPOINT s; SET b = 2; SAVEPOINT "T"; SET c = 3;
+		ROLLBACK TO SAVEPOINT s; SET d = 4; RELEASE s; ROLLBACK TO s; SET e = 5`)
+	var names []string
+	for _, o := range resolveSavepoints(ops) {
+		names = append(names, o.name)
+	}
+	// After RELEASE s, "ROLLBACK TO s" names no savepoint and undoes nothing.
+	if want := []string{"a", "d", "e"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("got %v, want %v", names, want)
+	}
+	if ops := parseSessionSets("ROLLBACK"); ops != nil {
+		t.Fatalf("plain ROLLBACK parsed as %+v", ops)
+	}
+	if ops := parseSessionSets("rollback work to savepoint Sp1"); len(ops) != 1 || ops[0].rollbackTo != "sp1" {
+		t.Fatalf("got %+v", ops)
+	}
+}
