@@ -41,6 +41,10 @@ type Conn struct {
 	prepared    map[string]*list.Element
 	preparedLRU list.List
 
+	// TxStatus is the server's transaction status from its last
+	// ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction.
+	TxStatus byte
+
 	// Broken marks a connection whose protocol state is unknown (I/O
 	// error, client vanished mid-query); Release closes it.
 	Broken bool
@@ -68,6 +72,7 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 		PID:       hc.PID,
 		Secret:    hc.SecretKey,
 		Reported:  hc.ParameterStatuses,
+		TxStatus:  'I',
 		Params:    map[string]string{},
 		prepared:  map[string]*list.Element{},
 		createdAt: now,

@@ -135,6 +135,7 @@ func (ss *session) emit(msg []byte) error {
 var (
 	msgParseComplete = []byte{'1', 0, 0, 0, 4}
 	msgCloseComplete = []byte{'3', 0, 0, 0, 4}
+	msgReadyIdle     = []byte{'Z', 0, 0, 0, 5, 'I'}
 )
 
 // pump relays server messages to the client until every pending entry is
@@ -201,6 +202,7 @@ func (ss *session) pump() error {
 					return err
 				}
 			}
+			sc.TxStatus = status
 			ss.pop()
 			ss.readyForQuery(status, fwd)
 		case 'E':

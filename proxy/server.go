@@ -62,6 +62,7 @@ type Server struct {
 	verifiers *auth.Verifiers
 	primary   *pool.Node // default shard primary: every statement goes here for now
 	stmts     *stmtRegistry
+	logins    loginCache
 
 	ln       net.Listener
 	wg       sync.WaitGroup

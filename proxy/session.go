@@ -332,6 +332,9 @@ func (ss *session) flushBatch() error {
 		if ss.onlyLocal() {
 			return ss.answerLocally(nil)
 		}
+		if ss.onlyStatementBookkeeping() {
+			return ss.answerBookkeeping()
+		}
 		// The pool bounds the wait and the connect itself; no context
 		// allocation on this per-transaction path.
 		sc, err := ss.pool.Acquire(context.Background())
@@ -363,6 +366,9 @@ func (ss *session) flushBatch() error {
 		return clientError{err}
 	}
 	if ss.srv.cfg.Pool.Mode == config.PoolTransaction && ss.txStatus == 'I' && ss.pendingLen() == 0 && !ss.skipToSync {
+		if ss.sc.TxStatus != 'I' {
+			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "server_status", string(ss.sc.TxStatus))
+		}
 		ss.detach(false)
 	}
 	return nil
@@ -380,6 +386,47 @@ func (ss *session) onlyLocal() bool {
 		}
 	}
 	return true
+}
+
+// onlyStatementBookkeeping reports whether the batch only names or drops
+// client statements (Parse of a named statement, Close of one, Sync,
+// Flush) outside a transaction. The proxy prepares statements on a server
+// when they are first used, so such a batch needs no server connection.
+// This matters for more than speed: libpq's PQprepare blocks its caller
+// until answered, and pgbench runs several clients per thread, so a
+// prepare waiting for a pooled connection held by a sibling client's
+// open transaction on the same thread would stall both.
+// The cost: a statement that does not parse reports its error when first
+// executed rather than when prepared.
+func (ss *session) onlyStatementBookkeeping() bool {
+	if ss.skipToSync || len(ss.ops) == 0 {
+		return false
+	}
+	for _, o := range ss.ops {
+		switch {
+		case o.typ == 'P' && o.stmt != nil, o.typ == 'C' && o.closeLocal, o.typ == 'S', o.typ == 'H':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func (ss *session) answerBookkeeping() error {
+	for _, o := range ss.ops {
+		switch o.typ {
+		case 'P':
+			ss.w.Append(msgParseComplete)
+		case 'C':
+			ss.w.Append(msgCloseComplete)
+		case 'S':
+			ss.w.Append(msgReadyIdle)
+		}
+	}
+	if err := ss.w.Flush(); err != nil {
+		return clientError{err}
+	}
+	return nil
 }
 
 // answerLocally answers the batch without a server: with e for every

@@ -207,6 +207,37 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 		serverUser, serverPass = u.ServerUser, u.ServerPassword
 	}
 	ss.pool = s.pools.Get(s.primary, serverUser, serverPass, db)
+	ss.stmts = map[string]*sharedStmt{}
+	ss.paramsTag = paramsTags.Add(1)
+
+	// Logins with settings seen recently are answered from the cache: the
+	// database is known to exist and the server's ParameterStatus answers
+	// are known. Besides saving a round trip, this keeps a login from
+	// waiting on the pool, which clients that connect synchronously while
+	// their other connections hold transactions open (pgbench -C) need.
+	key := loginKey(ss.pool.String(), ss.params)
+	reported, ok := s.logins.get(key)
+	if !ok || s.cfg.Pool.Mode == config.PoolSession {
+		var err error
+		if reported, err = ss.loginOnServer(); err != nil {
+			return err
+		}
+		s.logins.put(key, reported)
+	}
+	for k, v := range reported {
+		_ = ss.w.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
+	}
+	_ = ss.w.Send(&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret})
+	_ = ss.w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	ss.txStatus = 'I'
+	return ss.w.Flush()
+}
+
+// loginOnServer checks out a server connection, applies the client's
+// startup settings and returns the server's ParameterStatus values. In
+// session pooling the connection stays with the client.
+func (ss *session) loginOnServer() (map[string]string, error) {
+	s := ss.srv
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.WaitTimeout.D()+s.cfg.Pool.ConnectTimeout.D())
 	defer cancel()
 	sc, err := ss.pool.Acquire(ctx)
@@ -216,42 +247,34 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 		if e.Code == wire.CodeInvalidCatalogName {
 			s.refuse("unknown_database")
 		}
-		return e
+		return nil, e
 	}
 	ss.attach(sc)
-	ss.stmts = map[string]*sharedStmt{}
-	ss.paramsTag = paramsTags.Add(1)
 	// A server that stops answering must not hang the login forever.
 	_ = sc.SetDeadline(time.Now().Add(s.cfg.Pool.ConnectTimeout.D()))
-	// Apply the client's startup settings, so the ParameterStatus values
-	// the client sees are the server's answer to them.
-	if err := ss.syncParams(); err != nil {
+	failed := func(err error) error {
 		ss.detach(true)
-		return err
+		return wire.Fatalf(wire.CodeConnectionFailure, "server %s (%s) failed during login: %v", s.primary.Shard, sc.Addr(), err)
+	}
+	if err := ss.syncParams(); err != nil {
+		return nil, failed(err)
 	}
 	if err := sc.W.Flush(); err != nil {
-		ss.detach(true)
-		return wire.Fatalf(wire.CodeConnectionFailure, "server %s (%s) failed during login: %v", s.primary.Shard, sc.Addr(), err)
+		return nil, failed(err)
 	}
 	if err := ss.pump(); err != nil {
-		ss.detach(true)
-		return wire.Fatalf(wire.CodeConnectionFailure, "server %s (%s) failed during login: %v", s.primary.Shard, sc.Addr(), err)
+		return nil, failed(err)
 	}
 	_ = sc.SetDeadline(time.Time{})
 	if ss.loginErr != nil {
 		ss.detach(false)
-		return ss.loginErr
+		return nil, ss.loginErr
 	}
-	for k, v := range sc.Reported {
-		_ = ss.w.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
-	}
-	_ = ss.w.Send(&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: ss.secret})
-	_ = ss.w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	ss.txStatus = 'I'
+	reported := cloneMap(sc.Reported)
 	if s.cfg.Pool.Mode == config.PoolTransaction {
 		ss.detach(false)
 	}
-	return ss.w.Flush()
+	return reported, nil
 }
 
 // authenticate runs the user's auth method. Unknown users go through the
