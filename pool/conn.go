@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -49,6 +50,9 @@ type Conn struct {
 	// error, client vanished mid-query); Release closes it.
 	Broken bool
 
+	// inUse guards against a connection handed to two sessions at once.
+	inUse atomic.Bool
+
 	createdAt time.Time
 	lastUsed  time.Time
 }
@@ -58,6 +62,12 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	// pgconn may still have a background read in flight after login; one
+	// left running would steal the answers to the proxy's first messages.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("sync server connection: %w", err)
 	}
 	hc, err := pc.Hijack()
 	if err != nil {

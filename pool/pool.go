@@ -64,6 +64,16 @@ func New(key Key, shard, role string, cfg *pgconn.Config, opts Options) *Pool {
 // Acquire returns a server connection, waiting up to WaitTimeout for one
 // to free up when the pool is at MaxSize.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	c, err := p.acquire(ctx)
+	if c != nil && !c.inUse.CompareAndSwap(false, true) {
+		// Two sessions on one server connection would read each other's
+		// results; refuse rather than risk it.
+		return nil, wire.Errorf(wire.CodeInternalError, "internal error: server connection %s handed out twice", c.Addr())
+	}
+	return c, err
+}
+
+func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -159,6 +169,9 @@ func (p *Pool) create(ctx context.Context) (*Conn, error) {
 // Release returns c to the pool, or closes it if broken. A nil c gives
 // back a creation slot whose connect failed.
 func (p *Pool) Release(c *Conn) {
+	if c != nil && !c.inUse.CompareAndSwap(true, false) {
+		return // a second release must not put it in the idle list twice
+	}
 	if c != nil && c.Broken {
 		_ = c.Close()
 		c = nil

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -167,6 +169,11 @@ func (ss *session) pump() error {
 			return err
 		}
 		h := &ss.pending[ss.head]
+		if !answers(h.kind, typ) {
+			// The server's answers no longer line up with what was asked:
+			// relaying on would hand one client another's results.
+			return &desyncError{got: typ, want: h.kind, pending: ss.pendingKinds()}
+		}
 		fwd := h.mode == mForward
 		switch typ {
 		case 'D', 'd': // DataRow, CopyData: the bulk of traffic
@@ -393,4 +400,58 @@ func decodeError(msg []byte) *wire.Error {
 		return wire.Errorf(wire.CodeProtocolViolation, "undecodable server error: %v", err)
 	}
 	return &wire.Error{Severity: "FATAL", Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}
+
+// answers reports whether a server message of type typ can be (part of)
+// the answer to a pending message of kind kind. Asynchronous messages
+// (notices, notifications, parameter changes) may come at any time.
+func answers(kind, typ byte) bool {
+	switch typ {
+	case 'N', 'A', 'S', 'E':
+		return true
+	}
+	switch kind {
+	case pParse:
+		return typ == '1'
+	case pBind:
+		return typ == '2'
+	case pClose:
+		return typ == '3'
+	case pDescribeStmt:
+		return typ == 't' || typ == 'T' || typ == 'n'
+	case pDescribePortl:
+		return typ == 'T' || typ == 'n'
+	case pSync:
+		return typ == 'Z'
+	case pExecute:
+		switch typ {
+		case 'D', 'C', 'I', 's', 'G', 'H', 'W', 'd', 'c':
+			return true
+		}
+	case pQuery:
+		switch typ {
+		case 'T', 'D', 'C', 'I', 'Z', 'G', 'H', 'W', 'd', 'c', 'V':
+			return true
+		}
+	}
+	return false
+}
+
+// desyncError reports a server answer that does not fit the pending queue.
+type desyncError struct {
+	got, want byte
+	pending   string
+}
+
+func (e *desyncError) Error() string {
+	return fmt.Sprintf("protocol desync: server sent %q while %q was pending (queue %s)", e.got, e.want, e.pending)
+}
+
+func (ss *session) pendingKinds() string {
+	var b strings.Builder
+	for _, p := range ss.pending[ss.head:] {
+		b.WriteByte(p.kind)
+		b.WriteByte("fsy"[p.mode])
+	}
+	return b.String()
 }

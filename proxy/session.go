@@ -360,6 +360,14 @@ func (ss *session) flushBatch() error {
 			ss.serverFailed = true
 			return err
 		}
+		var de *desyncError
+		if errors.As(err, &de) {
+			ops := make([]byte, 0, len(ss.ops))
+			for _, o := range ss.ops {
+				ops = append(ops, o.typ)
+			}
+			ss.srv.log.Error("BUG: server answers out of step", "pid", ss.pid, "err", err, "batch", string(ops))
+		}
 		return ss.serverLost(err)
 	}
 	if err := ss.w.Flush(); err != nil {
