@@ -91,6 +91,8 @@ func runDev(ctx context.Context, f devFlags) error {
 	fmt.Printf("config %s\n", cfgPath)
 	return run(ctx, cfg, nil, func(addr string) {
 		fmt.Printf("ready postgres://app:app@%s/app\n", addr)
+		// stdout stays machine-readable; the hint for humans goes to stderr.
+		fmt.Fprintf(os.Stderr, "\nconnect with:  psql postgres://app:app@%s/app\nstop with Ctrl-C\n\n", addr)
 	})
 }
 
