@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -389,4 +390,54 @@ func TestSessionPooling(t *testing.T) {
 			t.Fatalf("next client inherits session state (application_name|prepared|listening|temp tables) = %q, want \"|0|0|0\"", got)
 		}
 	})
+}
+
+// TestGracefulShutdown: on shutdown an open transaction may finish and
+// commit, an idle client is told 57P01, new clients are refused, and the
+// shutdown completes as soon as no transaction is left.
+func TestGracefulShutdown(t *testing.T) {
+	srv := startProxy(t, nil)
+	ctx := context.Background()
+	inTx := connect(t, srv)
+	idle := connect(t, srv)
+	mustExec(t, inTx, "BEGIN")
+	mustExec(t, inTx, "SELECT 1")
+
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+		defer cancel()
+		done <- srv.Shutdown(sctx)
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	_, err := idle.Exec(ctx, "SELECT 1")
+	var pe *pgconn.PgError
+	if err == nil {
+		t.Error("idle client still served after shutdown began")
+	} else if errors.As(err, &pe) && pe.Code != "57P01" {
+		t.Errorf("idle client got %s, want 57P01", pe.Code)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if c, err := pgx.Connect(cctx, appDSN(srv)); err == nil {
+		c.Close(ctx)
+		t.Error("new client accepted during shutdown")
+	}
+
+	// The open transaction keeps working until it ends.
+	mustExec(t, inTx, "SELECT pg_sleep(0.2)")
+	mustExec(t, inTx, "COMMIT")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("shutdown took %s after the last transaction ended; want prompt", d)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("shutdown did not complete after the last transaction committed")
+	}
 }

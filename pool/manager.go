@@ -27,6 +27,7 @@ type Manager struct {
 	pools map[Key]*Pool
 	stop  chan struct{}
 	done  sync.WaitGroup
+	once  sync.Once
 }
 
 // NewManager starts the idle reaper.
@@ -96,9 +97,11 @@ func (m *Manager) reap() {
 
 // Close closes every pool.
 func (m *Manager) Close() {
-	close(m.stop)
-	m.done.Wait()
-	for _, p := range m.All() {
-		p.Close()
-	}
+	m.once.Do(func() {
+		close(m.stop)
+		m.done.Wait()
+		for _, p := range m.All() {
+			p.Close()
+		}
+	})
 }

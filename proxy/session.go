@@ -109,6 +109,12 @@ func (e clientError) Unwrap() error { return e.err }
 func (ss *session) run() {
 	defer ss.finish()
 	for {
+		if ss.srv.shutting.Load() && ss.txStatus == 'I' && ss.pendingLen() == 0 && ss.r.Buffered() == 0 {
+			// Between transactions during shutdown: nothing is lost by leaving now.
+			ss.fatal(wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command").
+				WithDetail("shardproxy is shutting down"))
+			return
+		}
 		var watch *serverWatch
 		if ss.shouldWatch() {
 			watch = ss.startWatch()
