@@ -27,7 +27,9 @@ type setOp struct {
 // quoting) is left alone: worst case a setting is not carried over, never
 // a wrong one. The SQL parser replaces this scan when statements are parsed.
 func parseSessionSets(q string) []setOp {
-	if !mayHaveSet(q) {
+	// The common case, a single statement that is not a SET & co (an
+	// UPDATE ... SET included), is decided by its first word.
+	if !sessionKeyword(firstWord(q)) && !(multiStatement(q) && mayHaveSet(q)) {
 		return nil
 	}
 	if strings.IndexByte(q, '$') >= 0 {
@@ -57,6 +59,49 @@ func mayHaveSet(q string) bool {
 		}
 	}
 	return false
+}
+
+// firstWord returns the first word of q after whitespace and comments.
+func firstWord(q string) string {
+	for {
+		q = strings.TrimLeft(q, " \t\r\n")
+		switch {
+		case strings.HasPrefix(q, "--"):
+			i := strings.IndexByte(q, '\n')
+			if i < 0 {
+				return ""
+			}
+			q = q[i+1:]
+		case strings.HasPrefix(q, "/*"):
+			i := strings.Index(q, "*/")
+			if i < 0 {
+				return ""
+			}
+			q = q[i+2:]
+		default:
+			i := 0
+			for i < len(q) && (q[i]|0x20 >= 'a' && q[i]|0x20 <= 'z') {
+				i++
+			}
+			return q[:i]
+		}
+	}
+}
+
+func sessionKeyword(w string) bool {
+	for _, k := range [...]string{"set", "reset", "discard", "deallocate", "savepoint", "release", "rollback"} {
+		if strings.EqualFold(w, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// multiStatement reports a semicolon before the end of q (ignoring a
+// trailing one); quotes are not considered, so it errs towards yes.
+func multiStatement(q string) bool {
+	q = strings.TrimRight(q, " \t\r\n;")
+	return strings.IndexByte(q, ';') >= 0
 }
 
 // splitStatements splits on semicolons outside quotes and comments, and

@@ -65,3 +65,26 @@ func TestResolveSavepoints(t *testing.T) {
 		t.Fatalf("got %+v", ops)
 	}
 }
+
+// The scan runs on every simple query; a query without SET must cost a
+// pass over its bytes and no allocation.
+func BenchmarkParseSessionSetsSelect(b *testing.B) {
+	q := "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if parseSessionSets(q) != nil {
+			b.Fatal("found a SET in a SELECT")
+		}
+	}
+}
+
+func BenchmarkParseSessionSetsUpdate(b *testing.B) {
+	// pgbench's UPDATE has "SET" in it: the slow path, still no match.
+	q := "UPDATE pgbench_accounts SET abalance = abalance + 10 WHERE aid = 48213;"
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if parseSessionSets(q) != nil {
+			b.Fatal("UPDATE ... SET taken for a session SET")
+		}
+	}
+}
