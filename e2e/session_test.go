@@ -441,3 +441,32 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("shutdown did not complete after the last transaction committed")
 	}
 }
+
+// TestServerRestart: pooled server connections die when the server
+// restarts; the proxy notices before reusing them, so a client that was
+// between transactions carries on without an error.
+func TestServerRestart(t *testing.T) {
+	srv := startProxy(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connect(t, srv)
+	mustExec(t, c, "SELECT 1")
+	if err := primary().Stop(); err != nil {
+		t.Fatalf("stop primary: %v", err)
+	}
+	if err := primary().Start(ctx); err != nil {
+		t.Fatalf("start primary: %v", err)
+	}
+	// Connections idle for over a second are checked before reuse.
+	time.Sleep(1100 * time.Millisecond)
+	var n int
+	if err := c.QueryRow(ctx, "SELECT 41 + 1").Scan(&n); err != nil || n != 42 {
+		t.Fatalf("first statement after the server restart: %d, %v", n, err)
+	}
+	// The replica must be streaming again for the tests that follow.
+	for _, r := range cluster.Replicas("shard0") {
+		if err := r.WaitStreaming(ctx); err != nil {
+			t.Fatalf("replica after primary restart: %v", err)
+		}
+	}
+}

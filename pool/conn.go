@@ -3,10 +3,11 @@ package pool
 import (
 	"container/list"
 	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -100,17 +101,38 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 const idleCheckAfter = time.Second
 
 // alive reports whether an idle connection is still usable: the server
-// has sent nothing (an idle server only speaks to say goodbye) and has not
-// closed the socket.
+// has sent nothing (an idle server only speaks to say goodbye, as with the
+// FATAL it sends when shutting down) and has not closed the socket.
 func (c *Conn) alive() bool {
 	if c.R.Buffered() > 0 {
 		return false
 	}
-	_ = c.net.SetReadDeadline(time.Now().Add(-time.Second))
-	_, _, err := c.R.Next()
-	_ = c.net.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	raw := c.net
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	sc, ok := raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	// A non-blocking peek: a read deadline in the past would not do, as
+	// Go's poller reports the timeout without looking at the socket.
+	var rerr error
+	var buf [1]byte
+	if err := rc.Read(func(fd uintptr) bool {
+		_, _, rerr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return false
+	}
+	if rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK {
+		return true // nothing to read: the server is idle and connected
+	}
+	return false // data, EOF (n == 0) or an error
 }
 
 // Addr is the server's address, where cancel requests go.
