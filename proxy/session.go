@@ -187,7 +187,8 @@ func (ss *session) onReadError(err error) bool {
 		return false
 	}
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, errEOF) {
-		if strings.Contains(err.Error(), "invalid message length") {
+		var fe *wire.FramingError
+		if errors.As(err, &fe) {
 			ss.fatal(wire.Fatalf(wire.CodeProtocolViolation, "invalid message from client: %v", err))
 		}
 		ss.srv.log.Debug("client read", "pid", ss.pid, "err", err)

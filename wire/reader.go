@@ -55,7 +55,7 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 	typ = hdr[0]
 	n := int(binary.BigEndian.Uint32(hdr[1:5]))
 	if n < 4 || n > MaxMessageLen {
-		return 0, nil, fmt.Errorf("invalid message length %d for message type %q", n, typ)
+		return 0, nil, &FramingError{Type: typ, Length: n}
 	}
 	total := n + 1
 	if total <= r.br.Size() {
@@ -109,6 +109,17 @@ func unexpected(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// FramingError is a message length no PostgreSQL peer sends: the bytes
+// on the socket are not the protocol (garbage, or a desynchronized peer).
+type FramingError struct {
+	Type   byte
+	Length int
+}
+
+func (e *FramingError) Error() string {
+	return fmt.Sprintf("invalid message length %d for message type %q", e.Length, e.Type)
 }
 
 // Body strips the 5-byte header from a raw message.
