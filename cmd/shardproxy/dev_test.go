@@ -196,6 +196,15 @@ func TestDev(t *testing.T) {
 	if len(st.Shards) != 2 || st.Listen != listen {
 		t.Errorf("status: %+v", st)
 	}
+	metrics, err := (&admin.Client{Addr: adminAddr}).Get(ctx, "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	for _, series := range []string{"shardproxy_queries_total", "shardproxy_client_connections_total", "shardproxy_pool_server_connections{"} {
+		if !metricPositive(string(metrics), series) {
+			t.Errorf("/metrics: %s missing or zero after psql sessions", series)
+		}
+	}
 	out, err := exec.Command(ctlBin, "status", "--admin", adminAddr).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "shard1") {
 		t.Errorf("shardctl status: %v\n%s", err, out)
@@ -224,4 +233,23 @@ func TestDev(t *testing.T) {
 	if out := psql(t, run.ready, "-Atc", "SELECT note FROM dev_kept WHERE id = 1"); strings.TrimSpace(out) != "survives restart" {
 		t.Errorf("after restart on the same --dir: %q", out)
 	}
+}
+
+// metricPositive reports whether some sample of the named series (a name,
+// or a name with "{" to require labels) has a value above zero.
+func metricPositive(text, series string) bool {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, series) {
+			continue
+		}
+		rest := strings.TrimPrefix(line, series)
+		if rest != "" && rest[0] != ' ' && rest[0] != '{' && !strings.HasSuffix(series, "{") {
+			continue // a longer name with the same prefix
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil && v > 0 {
+			return true
+		}
+	}
+	return false
 }
