@@ -11,8 +11,6 @@ import (
 	"github.com/shardproxy/shardproxy/wire"
 )
 
-var errEOF = io.EOF
-
 // clientFlushAt is how much relayed output is held before writing to the
 // client even though the server has more ready.
 const clientFlushAt = 32 << 10

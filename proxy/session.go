@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"strings"
@@ -175,8 +176,7 @@ func (ss *session) run() {
 
 // onReadError decides what a failed client read means; true to keep reading.
 func (ss *session) onReadError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() && ss.srv.shutting.Load() {
+	if wire.IsTimeout(err) && ss.srv.shutting.Load() {
 		hard := time.Unix(0, ss.srv.hardStop.Load())
 		if ss.txStatus != 'I' && time.Now().Before(hard) {
 			// Let an open transaction finish until the hard deadline.
@@ -187,7 +187,7 @@ func (ss *session) onReadError(err error) bool {
 			WithDetail("shardproxy is shutting down"))
 		return false
 	}
-	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, errEOF) {
+	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 		var fe *wire.FramingError
 		if errors.As(err, &fe) {
 			ss.fatal(wire.Fatalf(wire.CodeProtocolViolation, "invalid message from client: %v", err))
@@ -251,8 +251,7 @@ func (ss *session) addQuery(typ byte, msg []byte) {
 func (ss *session) addParse(msg []byte) {
 	name, rest, ok := cutCString(wire.Body(msg))
 	if !ok || len(name) == 0 {
-		o := ss.addOp('P', msg, nil)
-		_ = o
+		ss.addOp('P', msg, nil)
 		if ok {
 			if q, _, ok := cutCString(rest); ok {
 				ss.unnamedSets = parseSessionSets(string(q))
@@ -355,9 +354,7 @@ func (ss *session) flushBatch() error {
 		}
 		ss.attach(sc)
 	}
-	if err := ss.syncParams(); err != nil {
-		return err
-	}
+	ss.syncParams()
 	ss.translate()
 	if err := ss.sc.W.Flush(); err != nil {
 		return ss.serverLost(err)
@@ -534,10 +531,10 @@ func (ss *session) detach(broken bool) {
 // syncParams applies the client's session settings to the attached
 // server connection when it last served someone else (or the client
 // changed them), as one swallowed simple query ahead of the batch.
-func (ss *session) syncParams() error {
+func (ss *session) syncParams() {
 	sc := ss.sc
 	if sc.SyncTag == ss.paramsTag {
-		return nil
+		return
 	}
 	var b strings.Builder
 	for k, v := range ss.params {
@@ -552,7 +549,7 @@ func (ss *session) syncParams() error {
 	}
 	sc.SyncTag = ss.paramsTag
 	if b.Len() == 0 {
-		return nil
+		return
 	}
 	clear(sc.Params)
 	for k, v := range ss.params {
@@ -560,7 +557,6 @@ func (ss *session) syncParams() error {
 	}
 	_ = sc.W.Send(&pgproto3.Query{String: b.String()})
 	ss.push(pend{kind: pQuery, mode: mSwallow, login: ss.txStatus == 0})
-	return nil
 }
 
 // applySets records settings that took effect on the server.

@@ -256,9 +256,7 @@ func (ss *session) loginOnServer() (map[string]string, error) {
 		ss.detach(true)
 		return wire.Fatalf(wire.CodeConnectionFailure, "server %s (%s) failed during login: %v", s.primary.Shard, sc.Addr(), err)
 	}
-	if err := ss.syncParams(); err != nil {
-		return nil, failed(err)
-	}
+	ss.syncParams()
 	if err := sc.W.Flush(); err != nil {
 		return nil, failed(err)
 	}
