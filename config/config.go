@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +37,15 @@ type Config struct {
 	Shards []Shard `yaml:"shards"`
 	// Sharding declares which tables are sharded and by what key.
 	Sharding Sharding `yaml:"sharding"`
+	// Metadata is where the proxy keeps durable state (shard map versions).
+	Metadata Metadata `yaml:"metadata"`
+}
+
+// Metadata locates the PostgreSQL database holding the proxy's durable
+// state. When DSN is empty the proxy derives one (see the proxy's docs);
+// only the syntax is checked here.
+type Metadata struct {
+	DSN string `yaml:"dsn,omitempty"`
 }
 
 // Admin is the admin HTTP listener.
@@ -111,8 +121,89 @@ type Sharding struct {
 type ShardedTable struct {
 	Name string `yaml:"name"`
 	Key  string `yaml:"key"`
+	// Type is the key column's SQL type (default bigint): smallint,
+	// integer, bigint, text, varchar, uuid or numeric (optionally
+	// numeric(p,s)). Hash sharding must hash exactly as PostgreSQL
+	// hashes that type, so it cannot be guessed from the values.
+	Type string `yaml:"type"`
 	// Method is hash (default), range or list.
 	Method string `yaml:"method"`
+	// Ranges (method range) map half-open key ranges to shards.
+	Ranges []KeyRange `yaml:"ranges,omitempty"`
+	// Lists (method list) map explicit key values to shards.
+	Lists []KeyList `yaml:"lists,omitempty"`
+}
+
+// KeyRange sends keys k with From <= k < To to Shard. An empty bound is
+// unbounded on that side. Bounds are strings so that numeric and text
+// keys keep their exact spelling (YAML would turn 1.50 into a float).
+type KeyRange struct {
+	From  string `yaml:"from,omitempty"`
+	To    string `yaml:"to,omitempty"`
+	Shard string `yaml:"shard"`
+}
+
+// KeyList sends the listed key values to Shard.
+type KeyList struct {
+	Values []string `yaml:"values"`
+	Shard  string   `yaml:"shard"`
+}
+
+// Key type names accepted in sharding.tables[].type, lower-case. The shard
+// package maps each to PostgreSQL's hash function for that type.
+var KeyTypeNames = []string{
+	"smallint", "int2",
+	"integer", "int", "int4",
+	"bigint", "int8",
+	"text",
+	"varchar", "character varying",
+	"uuid",
+	"numeric", "decimal",
+}
+
+// ValidKeyType reports whether name is an accepted key type: one of
+// KeyTypeNames, where numeric/decimal may carry (precision[, scale]) and
+// varchar/character varying a (length).
+func ValidKeyType(name string) bool {
+	base, args, hasArgs := splitTypeMod(strings.ToLower(strings.TrimSpace(name)))
+	for _, n := range KeyTypeNames {
+		if base != n {
+			continue
+		}
+		if !hasArgs {
+			return true
+		}
+		switch base {
+		case "numeric", "decimal":
+			return len(args) == 1 || len(args) == 2
+		case "varchar", "character varying":
+			return len(args) == 1
+		}
+		return false
+	}
+	return false
+}
+
+// splitTypeMod splits "numeric(10, 2)" into "numeric" and [10 2]. It
+// reports hasArgs with nil args when the modifier is malformed, so the
+// caller rejects it.
+func splitTypeMod(s string) (base string, args []int, hasArgs bool) {
+	open := strings.IndexByte(s, '(')
+	if open < 0 {
+		return s, nil, false
+	}
+	if !strings.HasSuffix(s, ")") {
+		return s, nil, true
+	}
+	base = strings.TrimSpace(s[:open])
+	for _, part := range strings.Split(s[open+1:len(s)-1], ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil {
+			return base, nil, true
+		}
+		args = append(args, n)
+	}
+	return base, args, true
 }
 
 // Duration is a time.Duration that reads "5s" or "250ms" from YAML.
@@ -212,6 +303,9 @@ func (c *Config) SetDefaults() {
 		if c.Sharding.Tables[i].Method == "" {
 			c.Sharding.Tables[i].Method = "hash"
 		}
+		if c.Sharding.Tables[i].Type == "" {
+			c.Sharding.Tables[i].Type = "bigint"
+		}
 	}
 }
 
@@ -308,18 +402,73 @@ func (c *Config) Validate() error {
 	if c.Sharding.DefaultShard != "" && !seenShard[c.Sharding.DefaultShard] {
 		bad("sharding.default_shard", "no shard named %q", c.Sharding.DefaultShard)
 	}
+	// Table names are matched case-insensitively and without a "public."
+	// qualifier, so duplicates are judged the same way.
+	tableName := func(n string) string { return strings.TrimPrefix(strings.ToLower(n), "public.") }
+	seenTable := map[string]string{}
+	checkShard := func(field, name string) {
+		if name == "" {
+			bad(field, "is required")
+		} else if !seenShard[name] {
+			bad(field, "no shard named %q", name)
+		}
+	}
 	for i, t := range c.Sharding.Tables {
 		field := fmt.Sprintf("sharding.tables[%d]", i)
 		if t.Name == "" {
 			bad(field+".name", "is required")
+		} else if prev, dup := seenTable[tableName(t.Name)]; dup {
+			bad(field+".name", "table %q is already declared in %s", t.Name, prev)
+		} else {
+			seenTable[tableName(t.Name)] = field
 		}
 		if t.Key == "" {
 			bad(field+".key", "is required")
+		}
+		if !ValidKeyType(t.Type) {
+			bad(field+".type", "%q is not one of smallint, integer, bigint, text, varchar, uuid, numeric", t.Type)
 		}
 		switch t.Method {
 		case "hash", "range", "list":
 		default:
 			bad(field+".method", "%q is not one of hash, range, list", t.Method)
+		}
+		if t.Method == "range" && len(t.Ranges) == 0 {
+			bad(field+".ranges", "at least one range is required for method range")
+		}
+		if t.Method != "range" && len(t.Ranges) > 0 {
+			bad(field+".ranges", "only allowed with method range")
+		}
+		for j, r := range t.Ranges {
+			checkShard(fmt.Sprintf("%s.ranges[%d].shard", field, j), r.Shard)
+		}
+		if t.Method == "list" && len(t.Lists) == 0 {
+			bad(field+".lists", "at least one list is required for method list")
+		}
+		if t.Method != "list" && len(t.Lists) > 0 {
+			bad(field+".lists", "only allowed with method list")
+		}
+		for j, l := range t.Lists {
+			lf := fmt.Sprintf("%s.lists[%d]", field, j)
+			if len(l.Values) == 0 {
+				bad(lf+".values", "at least one value is required")
+			}
+			checkShard(lf+".shard", l.Shard)
+		}
+	}
+	for i, name := range c.Sharding.ReferenceTables {
+		field := fmt.Sprintf("sharding.reference_tables[%d]", i)
+		if name == "" {
+			bad(field, "is empty")
+		} else if prev, dup := seenTable[tableName(name)]; dup {
+			bad(field, "table %q is already declared in %s", name, prev)
+		} else {
+			seenTable[tableName(name)] = field
+		}
+	}
+	if c.Metadata.DSN != "" {
+		if err := checkDSN(c.Metadata.DSN); err != nil {
+			bad("metadata.dsn", "%v", err)
 		}
 	}
 	return errors.Join(errs...)

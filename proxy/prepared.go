@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"bytes"
+
 	"encoding/binary"
+	"github.com/shardproxy/shardproxy/plan"
+	"github.com/shardproxy/shardproxy/router"
 	"strconv"
 	"sync"
 )
@@ -18,13 +21,17 @@ type sharedStmt struct {
 	parse []byte
 	// sets are session settings the statement changes when executed.
 	sets []setOp
+	// plan and info are the router's analysis, made once.
+	plan *plan.Statement
+	info *stmtInfo
 }
 
 // stmtRegistry maps statement text to its shared server-side name.
 type stmtRegistry struct {
-	mu    sync.Mutex
-	byKey map[string]*sharedStmt
-	next  uint64
+	router *router.Router
+	mu     sync.Mutex
+	byKey  map[string]*sharedStmt
+	next   uint64
 }
 
 func newStmtRegistry() *stmtRegistry {
@@ -42,9 +49,23 @@ func (r *stmtRegistry) get(rest []byte) *sharedStmt {
 	r.next++
 	name := "shardproxy_" + strconv.FormatUint(r.next, 10)
 	s := &sharedStmt{serverName: name, parse: appendMsg(nil, 'P', []byte(name), []byte{0}, rest)}
-	if q, _, ok := cutCString(rest); ok {
+	if q, after, ok := cutCString(rest); ok {
 		s.sets = parseSessionSets(string(q))
+		s.info = &stmtInfo{sql: string(q), oids: parseOIDs(after)}
+		// Analyzed under the lock: once per distinct statement.
+		parts := r.router.Analyze(s.info.sql)
+		switch len(parts) {
+		case 0:
+			s.info.st = emptyStatement
+		case 1:
+			s.info.st = parts[0].Stmt
+		default:
+			s.info.st = multiInPrepared
+		}
+	} else {
+		s.info = &stmtInfo{st: emptyStatement}
 	}
+	s.plan = s.info.st
 	r.byKey[string(rest)] = s
 	return s
 }

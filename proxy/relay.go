@@ -30,82 +30,53 @@ func (ss *session) pop() {
 	}
 }
 
-// translate writes the batch to the server connection, renaming client
-// statements to their shared server names and preparing them on this
-// server first where it lacks them, and queues what each message owes.
-func (ss *session) translate() {
+// translateOp writes one client message to the current server
+// connection, renaming client statements to their shared server names and
+// preparing them on this server first where it lacks them, and queues
+// what the message owes the client.
+func (ss *session) translateOp(o *op, msg []byte) {
 	sc := ss.sc
 	w := sc.W
-	limit := ss.srv.cfg.Pool.PreparedStatementCache
-	if sc.PreparedCount() > limit {
+	if limit := ss.srv.cfg.Pool.PreparedStatementCache; sc.PreparedCount() > limit {
 		for _, name := range sc.EvictPrepared(limit * 9 / 10) {
 			w.SetBuf(appendMsg(w.Buf(), 'C', []byte{'S'}, []byte(name), []byte{0}))
 			ss.push(pend{kind: pClose, mode: mSwallow})
 		}
 	}
-	for i := range ss.ops {
-		o := &ss.ops[i]
-		msg := ss.batch[o.start:o.end]
-		if ss.skipToSync {
-			// The server is discarding until Sync after an error; so do we.
-			if o.typ != 'S' {
-				continue
-			}
-			ss.skipToSync = false
+	switch o.typ {
+	case 'B':
+		if o.stmt == nil {
+			w.Append(msg)
+		} else {
+			ss.ensurePrepared(o.stmt)
+			portal, rest, _ := cutCString(wire.Body(msg))
+			_, rest, _ = cutCString(rest)
+			w.SetBuf(appendMsg(w.Buf(), 'B', portal, []byte{0}, []byte(o.stmt.serverName), []byte{0}, rest))
 		}
-		switch o.typ {
-		case 'P':
-			if o.stmt == nil {
-				w.Append(msg)
-				ss.push(pend{kind: pParse})
-			} else if sc.HasPrepared(o.stmt.serverName) {
-				ss.push(pend{kind: pParse, mode: mSynth})
-			} else {
-				w.Append(o.stmt.parse)
-				sc.AddPrepared(o.stmt.serverName)
-				ss.push(pend{kind: pParse, forget: o.stmt.serverName})
-			}
-		case 'B':
-			if o.stmt == nil {
-				w.Append(msg)
-			} else {
-				ss.ensurePrepared(o.stmt)
-				portal, rest, _ := cutCString(wire.Body(msg))
-				_, rest, _ = cutCString(rest)
-				w.SetBuf(appendMsg(w.Buf(), 'B', portal, []byte{0}, []byte(o.stmt.serverName), []byte{0}, rest))
-			}
-			ss.push(pend{kind: pBind})
-		case 'D':
-			kind := byte(pDescribePortl)
-			if len(msg) > 5 && msg[5] == 'S' {
-				kind = pDescribeStmt
-			}
-			if o.stmt == nil {
-				w.Append(msg)
-			} else {
-				ss.ensurePrepared(o.stmt)
-				w.SetBuf(appendMsg(w.Buf(), 'D', []byte{'S'}, []byte(o.stmt.serverName), []byte{0}))
-			}
-			ss.push(pend{kind: kind})
-		case 'C':
-			if o.closeLocal {
-				ss.push(pend{kind: pClose, mode: mSynth})
-			} else {
-				w.Append(msg)
-				ss.push(pend{kind: pClose})
-			}
-		case 'E':
-			w.Append(msg)
-			ss.push(pend{kind: pExecute, sets: o.sets})
-		case 'S':
-			w.Append(msg)
-			ss.push(pend{kind: pSync})
-		case 'Q', 'F':
-			w.Append(msg)
-			ss.push(pend{kind: pQuery, sets: o.sets})
-		default: // 'H'
-			w.Append(msg)
+		ss.push(pend{kind: pBind})
+	case 'D':
+		kind := byte(pDescribePortl)
+		if len(msg) > 5 && msg[5] == 'S' {
+			kind = pDescribeStmt
 		}
+		if o.stmt == nil {
+			w.Append(msg)
+		} else {
+			ss.ensurePrepared(o.stmt)
+			w.SetBuf(appendMsg(w.Buf(), 'D', []byte{'S'}, []byte(o.stmt.serverName), []byte{0}))
+		}
+		ss.push(pend{kind: kind})
+	case 'C':
+		w.Append(msg)
+		ss.push(pend{kind: pClose})
+	case 'E':
+		w.Append(msg)
+		ss.push(pend{kind: pExecute, sets: o.sets})
+	case 'Q', 'F':
+		w.Append(msg)
+		ss.push(pend{kind: pQuery, sets: o.sets})
+	default: // 'H'
+		w.Append(msg)
 	}
 }
 
@@ -144,10 +115,16 @@ func (ss *session) pump() error {
 	sc := ss.sc
 	for {
 		for ss.pendingLen() > 0 && ss.pending[ss.head].mode == mSynth {
-			switch ss.pending[ss.head].kind {
-			case pParse:
+			p := &ss.pending[ss.head]
+			switch {
+			case p.data != nil:
+				ss.w.Append(p.data)
+				if p.data[0] == 'Z' {
+					ss.readyForQuery(p.data[5], true)
+				}
+			case p.kind == pParse:
 				ss.w.Append(msgParseComplete)
-			case pClose:
+			case p.kind == pClose:
 				ss.w.Append(msgCloseComplete)
 			}
 			ss.pop()
@@ -172,7 +149,7 @@ func (ss *session) pump() error {
 			// relaying on would hand one client another's results.
 			return &desyncError{got: typ, want: h.kind, pending: ss.pendingKinds()}
 		}
-		fwd := h.mode == mForward
+		fwd := h.mode == mForward && !(typ == 'Z' && h.quietZ)
 		switch typ {
 		case 'D', 'd': // DataRow, CopyData: the bulk of traffic
 			if fwd {
@@ -202,14 +179,27 @@ func (ss *session) pump() error {
 			if len(msg) > 5 {
 				status = msg[5]
 			}
+			sc.TxStatus = status
+			quiet := h.quietZ
+			ss.pop()
+			if quiet && status == 'E' && ss.tx.open {
+				ss.tx.failed = true
+			}
 			if fwd {
+				if ss.tx.open {
+					// The client's transaction spans the proxy's view of
+					// every shard, not just this server's.
+					if status == 'E' {
+						ss.tx.failed = true
+					}
+					status = ss.clientStatus()
+					msg[5] = status
+				}
 				if err := ss.emit(msg); err != nil {
 					return err
 				}
+				ss.readyForQuery(status, true)
 			}
-			sc.TxStatus = status
-			ss.pop()
-			ss.readyForQuery(status, fwd)
 		case 'E':
 			if err := ss.serverError(h, msg); err != nil {
 				return err
@@ -292,16 +282,24 @@ func (ss *session) readyForQuery(status byte, counted bool) {
 // serverError relays an ErrorResponse and, in the extended protocol,
 // drops what the server will now skip until Sync.
 func (ss *session) serverError(h *pend, msg []byte) error {
-	ss.errSeen = true
 	if h.mode == mSwallow && h.kind == pQuery {
 		e := decodeError(msg)
-		if h.login {
+		switch {
+		case h.login:
 			ss.loginErr = e
-		} else {
+		case h.capture:
+			if ss.captured == nil {
+				e.Severity = "ERROR"
+				e.Fields = nil
+				ss.captured = e
+			}
+		default:
 			ss.srv.log.Warn("applying session settings failed", "pid", ss.pid, "err", e)
 		}
 		return nil
 	}
+	ss.errSeen = true
+	ss.errCount++
 	if ss.srv.hooks.Error != nil {
 		ss.srv.hooks.Error(errorCode(msg))
 	}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,9 @@ import (
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/pool"
+	"github.com/shardproxy/shardproxy/router"
+	"github.com/shardproxy/shardproxy/shard"
+	"github.com/shardproxy/shardproxy/twophase"
 )
 
 // Hooks let the proxy report to metrics without depending on them; every
@@ -49,7 +53,35 @@ type Options struct {
 	TLS *tls.Config
 	// Pools overrides the pool manager (tests); built from cfg when nil.
 	Pools *pool.Manager
+	// Coordinator runs two-phase commits of transactions that write on
+	// several shards; without one such commits are refused.
+	Coordinator *twophase.Coordinator
+	// ShardMap is the shard map to start with (the stored version); built
+	// from cfg when nil.
+	ShardMap *shard.Map
 }
+
+// routerSchema tells the router which tables are sharded and replicated.
+func routerSchema(cfg *config.Config) router.Schema {
+	sc := router.Schema{Sharded: map[string]string{}, Reference: map[string]bool{}}
+	for _, t := range cfg.Sharding.Tables {
+		sc.Sharded[strings.ToLower(t.Name)] = strings.ToLower(t.Key)
+	}
+	for _, t := range cfg.Sharding.ReferenceTables {
+		sc.Reference[strings.ToLower(t)] = true
+	}
+	return sc
+}
+
+// shardMap is the current shard map.
+func (s *Server) shardMap() *shard.Map { return s.smap.Load() }
+
+// ShardMap is the shard map sessions route by now.
+func (s *Server) ShardMap() *shard.Map { return s.smap.Load() }
+
+// SetShardMap installs a new shard map version; sessions route with it
+// from their next statement.
+func (s *Server) SetShardMap(m *shard.Map) { s.smap.Store(m) }
 
 // Server accepts client connections.
 type Server struct {
@@ -60,9 +92,19 @@ type Server struct {
 	pools     *pool.Manager
 	ownPools  bool
 	verifiers *auth.Verifiers
-	primary   *pool.Node // default shard primary: every statement goes here for now
+	primary   *pool.Node   // default shard primary: logins are checked here
+	primaries []*pool.Node // by shard index, in config order
 	stmts     *stmtRegistry
 	logins    loginCache
+
+	// Sharding: shard names by index, the router, the current shard map
+	// (swapped whole when a new version arrives) and the 2PC coordinator.
+	shardNames []string
+	allShards  []int
+	defShard   int
+	router     *router.Router
+	smap       atomic.Pointer[shard.Map]
+	coord      *twophase.Coordinator
 
 	ln       net.Listener
 	wg       sync.WaitGroup
@@ -97,17 +139,30 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	def := cfg.Shards[0]
-	for _, sh := range cfg.Shards {
+	for i, sh := range cfg.Shards {
+		pc, err := pgconn.ParseConfig(sh.Primary)
+		if err != nil {
+			return nil, fmt.Errorf("shard %s: primary DSN: %w", sh.Name, err)
+		}
+		s.primaries = append(s.primaries, &pool.Node{Shard: sh.Name, Role: "primary", Config: pc})
+		s.shardNames = append(s.shardNames, sh.Name)
+		s.allShards = append(s.allShards, i)
 		if sh.Name == cfg.Sharding.DefaultShard {
-			def = sh
+			s.defShard = i
 		}
 	}
-	pc, err := pgconn.ParseConfig(def.Primary)
-	if err != nil {
-		return nil, fmt.Errorf("shard %s: primary DSN: %w", def.Name, err)
+	s.primary = s.primaries[s.defShard]
+	m := opts.ShardMap
+	if m == nil {
+		var err error
+		if m, err = shard.FromConfig(cfg); err != nil {
+			return nil, fmt.Errorf("shard map: %w", err)
+		}
 	}
-	s.primary = &pool.Node{Shard: def.Name, Role: "primary", Config: pc}
+	s.smap.Store(m)
+	s.router = router.New(routerSchema(cfg), 10000)
+	s.stmts.router = s.router
+	s.coord = opts.Coordinator
 	if s.pools == nil {
 		s.pools = pool.NewManager(pool.Options{
 			MaxSize:        cfg.Pool.Size,

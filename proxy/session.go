@@ -1,12 +1,11 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/plan"
 	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/wire"
 )
@@ -29,6 +29,15 @@ type op struct {
 	stmt       *sharedStmt // the named statement a P/B/D/C refers to
 	sets       []setOp     // settings an E or Q changes
 	closeLocal bool        // Close of a client statement: answered by the proxy
+
+	// Routing, filled by planBatch.
+	tgt      int             // shard index, tLocal, tMulti or tSync
+	unit     *unit           // tMulti: the multi-shard execution
+	st       *plan.Statement // the statement a Q, P, B, D or E runs
+	info     *stmtInfo       // the client statement a B or D uses
+	sql      string          // Q: the single statement's text
+	err      *wire.Error     // refused: the error to answer
+	implicit bool            // its segment writes on several shards: one 2PC transaction
 }
 
 // Pending response kinds: what the server (or the proxy) owes the client
@@ -52,11 +61,14 @@ const (
 )
 
 type pend struct {
-	kind   byte
-	mode   uint8
-	forget string  // server statement to forget if this entry fails
-	sets   []setOp // settings applied if the entry completes
-	login  bool    // the login-time settings query: its error is fatal
+	kind    byte
+	mode    uint8
+	forget  string  // server statement to forget if this entry fails
+	sets    []setOp // settings applied if the entry completes
+	login   bool    // the login-time settings query: its error is fatal
+	capture bool    // a swallowed query whose error the proxy reports itself
+	quietZ  bool    // relay everything but the ReadyForQuery
+	data    []byte  // mSynth: the message the proxy answers
 }
 
 // session is one client connection.
@@ -70,7 +82,34 @@ type session struct {
 
 	user     config.User
 	database string
-	pool     *pool.Pool
+	pool     *pool.Pool   // the default shard's primary pool (login)
+	pools    []*pool.Pool // primary pools by shard index
+	// conns are the server connections held, by shard index; sc is the
+	// one messages currently go to (conns[cur]).
+	conns []*pool.Conn
+	held  int
+	cur   int
+
+	tx      txn
+	segMask uint64 // shards the current segment (up to Sync) used
+
+	// Statement and portal routing state.
+	unnamed       *stmtInfo
+	unnamedSent   *stmtInfo // the unnamed statement last parsed on a server
+	unnamedOn     int       // shard index + 1 it was parsed on
+	unnamedPortal portalInfo
+	portals       map[string]portalInfo
+	bindParams    plan.Params
+	captured      *wire.Error
+	errCount      int // errors sent to the client
+
+	// shardproxy.* session settings.
+	forceShard    string
+	forceShardIdx int
+	explainOn     bool
+	target        string
+	maxLag        string
+	ryw           string
 
 	// sc is the attached server connection (nil between transactions in
 	// transaction pooling); running mirrors it for the cancel path.
@@ -110,6 +149,23 @@ func (e clientError) Unwrap() error { return e.err }
 
 func (ss *session) run() {
 	defer ss.finish()
+	defer func() {
+		// A bug must cost one session, not the proxy and every client
+		// on it. The server connections are closed (their state is
+		// unknown), so no transaction is left half done.
+		if r := recover(); r != nil {
+			ss.srv.log.Error("BUG: session panicked", "pid", ss.pid, "panic", r, "stack", string(debug.Stack()))
+			ss.serverFailed = true
+			for i, sc := range ss.conns {
+				if sc != nil {
+					ss.useConn(i)
+					ss.detach(true)
+				}
+			}
+			ss.fatal(wire.Fatalf(wire.CodeInternalError, "shardproxy internal error: %v", r).
+				WithHint("This is a bug in shardproxy; the connection was closed and its open transaction rolled back."))
+		}
+	}()
 	for {
 		if ss.srv.shutting.Load() && ss.txStatus == 'I' && ss.pendingLen() == 0 && ss.r.Buffered() == 0 {
 			// Between transactions during shutdown: nothing is lost by leaving now.
@@ -197,16 +253,22 @@ func (ss *session) onReadError(err error) bool {
 	return false
 }
 
-// finish returns or closes the server connection when the client leaves.
+// finish returns or closes the server connections when the client leaves.
 func (ss *session) finish() {
-	if ss.sc == nil {
-		return
+	for s, sc := range ss.conns {
+		if sc == nil {
+			continue
+		}
+		ss.useConn(s)
+		clean := ss.txStatus == 'I' && !ss.tx.open && sc.TxStatus == 'I' && ss.pendingLen() == 0 && !ss.skipToSync && !ss.serverFailed
+		if clean && ss.srv.cfg.Pool.Mode == config.PoolSession {
+			clean = ss.resetServer()
+		}
+		ss.detach(!clean)
 	}
-	clean := ss.txStatus == 'I' && ss.pendingLen() == 0 && !ss.skipToSync && !ss.serverFailed
-	if clean && ss.srv.cfg.Pool.Mode == config.PoolSession {
-		clean = ss.resetServer()
+	if ss.sc != nil { // login connection not yet in conns
+		ss.detach(true)
 	}
-	ss.detach(!clean)
 }
 
 // resetServer clears session state before a session-pooled server
@@ -331,40 +393,15 @@ func (ss *session) resetBatch() {
 	}
 }
 
-// flushBatch sends the batched messages to a server connection and relays
-// the answers. A non-nil error ends the session.
+// flushBatch routes the batched messages, sends them to their shards
+// and relays the answers. A non-nil error ends the session.
 func (ss *session) flushBatch() error {
 	defer ss.resetBatch()
-	if ss.sc == nil {
-		if ss.onlyLocal() {
-			return ss.answerLocally(nil)
-		}
-		if ss.onlyStatementBookkeeping() {
-			return ss.answerBookkeeping()
-		}
-		// The pool bounds the wait and the connect itself; no context
-		// allocation on this per-transaction path.
-		sc, err := ss.pool.Acquire(context.Background())
-		if err != nil {
-			e := wire.FromServer(err, fmt.Sprintf("connect to %s %s %s", ss.pool.Shard, ss.pool.Role, ss.pool.Key.Node))
-			if e.Severity == "FATAL" {
-				e.Severity = "ERROR"
-			}
-			return ss.answerLocally(e)
-		}
-		ss.attach(sc)
+	if ss.held == 0 && ss.onlyStatementBookkeeping() {
+		return ss.answerBookkeeping()
 	}
-	ss.syncParams()
-	ss.translate()
-	if err := ss.sc.W.Flush(); err != nil {
-		return ss.serverLost(err)
-	}
-	// The answer takes the server a while. Letting other sessions run
-	// first makes the read below more often find it waiting, instead of
-	// reading EAGAIN and parking on the poller (measured: about 10% more
-	// pgbench -S throughput at 16 clients, 3-5 us less CPU per transaction).
-	runtime.Gosched()
-	if err := ss.pump(); err != nil {
+	ss.planBatch()
+	if err := ss.execBatch(); err != nil {
 		var ce clientError
 		if errors.As(err, &ce) {
 			ss.serverFailed = true
@@ -383,27 +420,25 @@ func (ss *session) flushBatch() error {
 	if err := ss.w.Flush(); err != nil {
 		return clientError{err}
 	}
-	if ss.srv.cfg.Pool.Mode == config.PoolTransaction && ss.txStatus == 'I' && ss.pendingLen() == 0 && !ss.skipToSync {
-		if ss.sc.TxStatus != 'I' {
-			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "server_status", string(ss.sc.TxStatus))
-		}
-		ss.detach(false)
+	if ss.srv.cfg.Pool.Mode == config.PoolTransaction && ss.txStatus == 'I' && !ss.tx.open && ss.pendingLen() == 0 && !ss.skipToSync {
+		ss.releaseAll()
 	}
 	return nil
 }
 
-// onlyLocal reports whether the batch needs no server: only Syncs after
-// an error with no server attached.
-func (ss *session) onlyLocal() bool {
-	if !ss.skipToSync {
-		return false
-	}
-	for _, o := range ss.ops {
-		if o.typ == 'S' {
-			return false
+// releaseAll returns every held server connection to its pool.
+func (ss *session) releaseAll() {
+	ss.segMask = 0
+	for s, sc := range ss.conns {
+		if sc == nil {
+			continue
 		}
+		if sc.TxStatus != 'I' {
+			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "shard", ss.srv.shardNames[s], "server_status", string(sc.TxStatus))
+		}
+		ss.useConn(s)
+		ss.detach(false)
 	}
-	return true
 }
 
 // onlyStatementBookkeeping reports whether the batch only names or drops
@@ -417,12 +452,12 @@ func (ss *session) onlyLocal() bool {
 // The cost: a statement that does not parse reports its error when first
 // executed rather than when prepared.
 func (ss *session) onlyStatementBookkeeping() bool {
-	if ss.skipToSync || len(ss.ops) == 0 {
+	if ss.skipToSync || len(ss.ops) == 0 || ss.tx.open {
 		return false
 	}
 	for _, o := range ss.ops {
 		switch {
-		case o.typ == 'P' && o.stmt != nil, o.typ == 'C' && o.closeLocal, o.typ == 'S', o.typ == 'H':
+		case o.typ == 'P' && o.stmt != nil && o.stmt.plan.Kind != plan.Refused, o.typ == 'C' && o.closeLocal, o.typ == 'S', o.typ == 'H':
 		default:
 			return false
 		}
@@ -447,40 +482,8 @@ func (ss *session) answerBookkeeping() error {
 	return nil
 }
 
-// answerLocally answers the batch without a server: with e for every
-// statement (no server could be had), or, with e nil, by skipping to Sync.
-func (ss *session) answerLocally(e *wire.Error) error {
-	segmentErr := ss.skipToSync
-	for _, o := range ss.ops {
-		switch o.typ {
-		case 'Q', 'F':
-			if e != nil {
-				ss.sendError(e)
-			}
-			_ = ss.w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-		case 'S':
-			if e != nil && !segmentErr {
-				ss.sendError(e)
-			}
-			segmentErr = false
-			_ = ss.w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-		case 'H':
-		default:
-			if e != nil && !segmentErr {
-				ss.sendError(e)
-				segmentErr = true
-			}
-		}
-	}
-	ss.skipToSync = segmentErr
-	ss.txStatus = 'I'
-	if err := ss.w.Flush(); err != nil {
-		return clientError{err}
-	}
-	return nil
-}
-
 func (ss *session) sendError(e *wire.Error) {
+	ss.errCount++
 	_ = ss.w.Send(e.Response())
 	if ss.srv.hooks.Error != nil {
 		ss.srv.hooks.Error(e.Code)
@@ -496,22 +499,33 @@ func (ss *session) fatal(e *wire.Error) {
 }
 
 // serverLost reports a dead server connection to the client and ends the
-// session: whatever the client was doing on it is gone.
+// session: whatever the client was doing on it is gone, and so is the
+// transaction it had open on the other shards.
 func (ss *session) serverLost(err error) error {
-	addr := ss.sc.Addr()
+	shard, addr := ss.srv.shardNames[ss.srv.defShard], ""
+	if ss.sc != nil {
+		addr = ss.sc.Addr()
+		if ss.cur >= 0 {
+			shard = ss.srv.shardNames[ss.cur]
+		}
+	}
 	ss.serverFailed = true
-	ss.detach(true)
-	ss.srv.log.Warn("server connection lost", "server", addr, "pid", ss.pid, "err", err)
-	ss.fatal(wire.Fatalf(wire.CodeConnectionFailure, "lost connection to server %s (%s): %v", ss.pool.Shard, addr, err).
+	for s, sc := range ss.conns {
+		if sc != nil {
+			ss.useConn(s)
+			ss.detach(true)
+		}
+	}
+	if ss.sc != nil {
+		ss.detach(true)
+	}
+	ss.srv.log.Warn("server connection lost", "shard", shard, "server", addr, "pid", ss.pid, "err", err)
+	ss.fatal(wire.Fatalf(wire.CodeConnectionFailure, "lost connection to server %s (%s): %v", shard, addr, err).
 		WithHint("The statement may or may not have completed; reconnect and check."))
 	return err
 }
 
-func (ss *session) attach(sc *pool.Conn) {
-	ss.sc = sc
-	ss.running.Store(sc)
-}
-
+// detach gives the current connection back to its pool.
 func (ss *session) detach(broken bool) {
 	sc := ss.sc
 	if sc == nil {
@@ -519,6 +533,15 @@ func (ss *session) detach(broken bool) {
 	}
 	ss.sc = nil
 	ss.running.Store(nil)
+	if ss.cur >= 0 && ss.conns[ss.cur] == sc {
+		ss.conns[ss.cur] = nil
+		ss.held--
+		ss.tx.joined &^= 1 << uint(ss.cur)
+		if ss.unnamedOn == ss.cur+1 {
+			ss.unnamedOn = 0
+		}
+	}
+	ss.cur = -1
 	if broken {
 		sc.Broken = true
 		ss.pending = ss.pending[:0]

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -206,7 +207,13 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	if u.ServerUser != "" {
 		serverUser, serverPass = u.ServerUser, u.ServerPassword
 	}
-	ss.pool = s.pools.Get(s.primary, serverUser, serverPass, db)
+	ss.pools = make([]*pool.Pool, len(s.primaries))
+	for i, n := range s.primaries {
+		ss.pools[i] = s.pools.Get(n, serverUser, serverPass, db)
+	}
+	ss.pool = ss.pools[s.defShard]
+	ss.conns = make([]*pool.Conn, len(s.primaries))
+	ss.cur, ss.forceShardIdx = -1, -1
 	ss.stmts = map[string]*sharedStmt{}
 	ss.paramsTag = paramsTags.Add(1)
 
@@ -249,7 +256,9 @@ func (ss *session) loginOnServer() (map[string]string, error) {
 		}
 		return nil, e
 	}
-	ss.attach(sc)
+	ss.conns[s.defShard] = sc
+	ss.held++
+	ss.useConn(s.defShard)
 	// A server that stops answering must not hang the login forever.
 	_ = sc.SetDeadline(time.Now().Add(s.cfg.Pool.ConnectTimeout.D()))
 	failed := func(err error) error {

@@ -24,6 +24,13 @@ const (
 	CodeInternalError           = "XX000"
 	CodeDuplicatePreparedStmt   = "42P05"
 	CodeInvalidSQLStatementName = "26000"
+	CodeSyntaxError             = "42601"
+	CodeInvalidParameterValue   = "22023"
+	CodeInFailedTransaction     = "25P02"
+	CodeNoActiveTransaction     = "25P01"
+	CodeActiveTransaction       = "25001"
+	CodeTransactionRollback     = "40000"
+	CodeInvalidTextRepr         = "22P02"
 )
 
 // Error is a PostgreSQL error raised by the proxy or relayed from a server.

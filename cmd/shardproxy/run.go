@@ -17,6 +17,8 @@ import (
 	"github.com/shardproxy/shardproxy/metrics"
 	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/proxy"
+	"github.com/shardproxy/shardproxy/shard"
+	"github.com/shardproxy/shardproxy/twophase"
 )
 
 // shutdownGrace is how long open transactions get to finish on SIGTERM.
@@ -57,9 +59,31 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		OnWaitTimeout: func() { m.PoolWaitTimeouts.Inc() },
 	})
 	defer pools.Close()
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m)})
+	coord, err := openCoordinator(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	if coord != nil {
+		defer coord.Close()
+		rctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go coord.Run(rctx, func() []twophase.Shard { return recoveryShards(cfg) }, 0)
+	}
+	smap, store, err := loadShardMap(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if store != nil {
+		defer store.Close()
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap})
+	if err != nil {
+		return err
+	}
+	if store != nil {
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go watchShardMap(wctx, store, smap, srv, log)
 	}
 	if err := srv.Listen(); err != nil {
 		return err
@@ -145,4 +169,97 @@ func poolStats(pm *pool.Manager) []metrics.PoolStats {
 		})
 	}
 	return out
+}
+
+// openCoordinator opens the two-phase commit log on the metadata database
+// (metadata.dsn, by default the default shard's primary) when there is
+// more than one shard to commit across.
+func openCoordinator(ctx context.Context, cfg *config.Config, log *slog.Logger) (*twophase.Coordinator, error) {
+	if len(cfg.Shards) < 2 {
+		return nil, nil
+	}
+	dsn := metadataDSN(cfg)
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := twophase.Open(octx, dsn, twophase.DefaultProxyName, log)
+	if err != nil {
+		return nil, fmt.Errorf("metadata database %s: %w", dsnAddr(dsn), err)
+	}
+	return c, nil
+}
+
+// metadataDSN is where the proxy keeps its durable state.
+func metadataDSN(cfg *config.Config) string {
+	if cfg.Metadata.DSN != "" {
+		return cfg.Metadata.DSN
+	}
+	for _, sh := range cfg.Shards {
+		if sh.Name == cfg.Sharding.DefaultShard {
+			return sh.Primary
+		}
+	}
+	return cfg.Shards[0].Primary
+}
+
+// recoveryShards lists the shard primaries in-doubt transactions may be on.
+func recoveryShards(cfg *config.Config) []twophase.Shard {
+	out := make([]twophase.Shard, 0, len(cfg.Shards))
+	for _, sh := range cfg.Shards {
+		out = append(out, twophase.Shard{Name: sh.Name, DSN: sh.Primary})
+	}
+	return out
+}
+
+// loadShardMap reads the current shard map version from the metadata
+// database, saving the config's as version 1 on the very first start.
+// A single shard needs no stored map.
+func loadShardMap(ctx context.Context, cfg *config.Config, log *slog.Logger) (*shard.Map, *shard.PGStore, error) {
+	base, err := shard.FromConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("shard map: %w", err)
+	}
+	if len(cfg.Shards) < 2 {
+		return base, nil, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	dsn := metadataDSN(cfg)
+	st, err := shard.OpenPGStore(octx, dsn, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("metadata database %s: %w", dsnAddr(dsn), err)
+	}
+	m, err := shard.LoadOrInit(octx, st, base)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	log.Info("shard map loaded", "version", m.Version, "slots", len(m.Slots))
+	return m, st, nil
+}
+
+// watchShardMap installs each new shard map version as soon as the
+// metadata database announces it.
+func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv *proxy.Server, log *slog.Logger) {
+	err := st.Watch(ctx, func(version int64) {
+		if cur := srv.ShardMap(); cur != nil && cur.Version >= version {
+			return
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		a, err := st.Load(lctx)
+		if err != nil || a == nil {
+			log.Warn("load new shard map version", "version", version, "err", err)
+			return
+		}
+		m, err := base.WithAssignment(a.Version, a.Slots)
+		if err != nil {
+			log.Error("new shard map version disagrees with the config; keeping the current one", "version", a.Version, "err", err)
+			return
+		}
+		srv.SetShardMap(m)
+		log.Info("shard map updated", "version", m.Version)
+	})
+	if err != nil && ctx.Err() == nil {
+		log.Warn("shard map watch stopped", "err", err)
+	}
 }
