@@ -19,6 +19,11 @@ import (
 // form a run, written to that server in one go and answered in one read
 // loop, so a single-shard batch costs what it cost before sharding.
 
+// sessionCacheSize bounds the statements a session remembers the
+// analysis of, so a repeated statement costs a map lookup without
+// allocating (the router's own cache is shared and keyed by string).
+const sessionCacheSize = 256
+
 // planBatch routes every op of the batch.
 func (ss *session) planBatch() {
 	segStart := 0
@@ -78,9 +83,16 @@ func (ss *session) planOp(o *op) {
 			return
 		}
 		_, rest, _ := cutCString(wire.Body(msg))
-		q, after, _ := cutCString(rest)
-		info := &stmtInfo{sql: string(q), oids: parseOIDs(after)}
-		info.st = ss.statementOf(info.sql)
+		info := ss.unnamedInfos[string(rest)]
+		if info == nil {
+			q, after, _ := cutCString(rest)
+			info = &stmtInfo{sql: string(q), oids: parseOIDs(after)}
+			info.st = ss.statementOf(info.sql)
+			if len(ss.unnamedInfos) >= sessionCacheSize {
+				clear(ss.unnamedInfos)
+			}
+			ss.unnamedInfos[string(rest)] = info
+		}
 		ss.unnamed = info
 		o.st = info.st
 		o.info = info
@@ -235,7 +247,14 @@ func cloneParams(p *plan.Params) plan.Params {
 
 func (ss *session) planQuery(o *op, msg []byte) {
 	q, _, _ := cutCString(wire.Body(msg))
-	parts := ss.srv.router.Analyze(string(q))
+	parts, ok := ss.queries[string(q)]
+	if !ok {
+		parts = ss.srv.router.Analyze(string(q))
+		if len(ss.queries) >= sessionCacheSize {
+			clear(ss.queries)
+		}
+		ss.queries[string(q)] = parts
+	}
 	if len(parts) == 0 {
 		o.tgt = ss.defaultTarget()
 		return
@@ -467,8 +486,18 @@ func (ss *session) join(s int) {
 	for _, sp := range ss.tx.savepoints {
 		q += "; SAVEPOINT " + quoteIdent(sp)
 	}
+	ss.sendOwnQuery(q)
+}
+
+// sendOwnQuery queues a simple query of the proxy's own on the current
+// connection, its answer swallowed. A simple query drops the server's
+// unnamed statement.
+func (ss *session) sendOwnQuery(q string) {
 	_ = ss.sc.W.Send(&pgproto3.Query{String: q})
 	ss.push(pend{kind: pQuery, mode: mSwallow})
+	if ss.unnamedOn == ss.cur+1 {
+		ss.unnamedOn = 0
+	}
 }
 
 // endRun sends what was written to the current server and relays the

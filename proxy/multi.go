@@ -38,6 +38,8 @@ type unit struct {
 // gather collects the shards' answers to one multi-shard step.
 type gather struct {
 	ss      *session
+	spec    *plan.Merge // nil: results are concatenated
+	params  *plan.Params
 	merger  *merge.Merger
 	wantRD  bool // the client gets the RowDescription
 	rdSent  bool
@@ -133,17 +135,33 @@ func (u *unit) shardSQL(rows []int) (string, []int) {
 func (ss *session) newGather(u *unit, wantRD bool) (*gather, error) {
 	g := &gather{ss: ss, wantRD: wantRD}
 	if u.st.Kind == plan.FanOut && u.st.Merge != nil {
-		var p *plan.Params
+		// The merger is made when the row layout is known: a SELECT *
+		// leaves the router's column numbers relative to it.
+		g.spec = u.st.Merge
 		if !u.simple {
-			p = &u.params
+			g.params = &u.params
 		}
-		m, err := merge.New(u.st.Merge, p, ss.emit)
-		if err != nil {
-			return nil, err
-		}
-		g.merger = m
 	}
 	return g, nil
+}
+
+// startMerge makes the merger for the shards' RowDescription rd.
+func (g *gather) startMerge(rd []byte) error {
+	spec := g.spec
+	if spec.Relative {
+		body := wire.Body(rd)
+		if len(body) < 2 {
+			return wire.Errorf(wire.CodeProtocolViolation, "short RowDescription from shard")
+		}
+		r := spec.Resolve(int(binary.BigEndian.Uint16(body)))
+		spec = &r
+	}
+	m, err := merge.New(spec, g.params, g.ss.emit)
+	if err != nil {
+		return err
+	}
+	g.merger = m
+	return nil
 }
 
 // execSimpleMulti runs a simple-query statement on every shard of u.
@@ -404,6 +422,12 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 	case 'T':
 		if g.rd != nil {
 			return nil
+		}
+		if g.spec != nil && g.merger == nil {
+			if err := g.startMerge(msg); err != nil {
+				g.fail(asWireError(err))
+				return nil
+			}
 		}
 		if g.merger != nil {
 			rd, err := g.merger.Describe(msg)

@@ -75,6 +75,9 @@ func (ss *session) translateOp(o *op, msg []byte) {
 	case 'Q', 'F':
 		w.Append(msg)
 		ss.push(pend{kind: pQuery, sets: o.sets})
+		if o.typ == 'Q' && ss.unnamedOn == ss.cur+1 {
+			ss.unnamedOn = 0 // a simple query drops the unnamed statement
+		}
 	default: // 'H'
 		w.Append(msg)
 	}

@@ -99,7 +99,10 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 			}
 		}
 		return ss.srv.defShard, nil, nil
-	case plan.Keyed:
+	case plan.Keyed, plan.FanOut:
+		if st.Kind == plan.FanOut && len(st.Keys) == 0 {
+			return tMulti, ss.allShards(), nil
+		}
 		m := ss.srv.shardMap()
 		var one = -1
 		var many []int

@@ -15,6 +15,7 @@ import (
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/plan"
 	"github.com/shardproxy/shardproxy/pool"
+	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -99,6 +100,8 @@ type session struct {
 	unnamedOn     int       // shard index + 1 it was parsed on
 	unnamedPortal portalInfo
 	portals       map[string]portalInfo
+	unnamedInfos  map[string]*stmtInfo     // by Parse body after the name
+	queries       map[string][]router.Part // simple queries by text
 	bindParams    plan.Params
 	captured      *wire.Error
 	errCount      int // errors sent to the client
@@ -580,6 +583,9 @@ func (ss *session) syncParams() {
 	}
 	_ = sc.W.Send(&pgproto3.Query{String: b.String()})
 	ss.push(pend{kind: pQuery, mode: mSwallow, login: ss.txStatus == 0})
+	if ss.unnamedOn == ss.cur+1 {
+		ss.unnamedOn = 0
+	}
 }
 
 // applySets records settings that took effect on the server.

@@ -15,6 +15,7 @@ import (
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/pool"
+	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -214,6 +215,8 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	ss.pool = ss.pools[s.defShard]
 	ss.conns = make([]*pool.Conn, len(s.primaries))
 	ss.cur, ss.forceShardIdx = -1, -1
+	ss.unnamedInfos = map[string]*stmtInfo{}
+	ss.queries = map[string][]router.Part{}
 	ss.stmts = map[string]*sharedStmt{}
 	ss.paramsTag = paramsTags.Add(1)
 

@@ -37,6 +37,9 @@ func (ss *session) sendAll(mask uint64, sql func(s int) string) (*wire.Error, er
 			continue
 		}
 		_ = sc.W.Send(&pgproto3.Query{String: sql(s)})
+		if ss.unnamedOn == s+1 {
+			ss.unnamedOn = 0
+		}
 		if err := sc.W.Flush(); err != nil {
 			ss.useConn(s)
 			return nil, serverIOError{err}
