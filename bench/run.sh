@@ -8,7 +8,10 @@
 # Usage: bash bench/run.sh            (or: make bench)
 # Knobs: ROUNDS (5), SECONDS (10), CLIENTS ("16 64"),
 #        MODES ("simple extended prepared"), WARMUP (3), THREADS (2),
-#        SCALE (10), KEEP_TMP (0: set 1 to keep the tmpdir with all logs).
+#        SCALE (10), KEEP_TMP (0: set 1 to keep the tmpdir with all logs),
+#        SHARDS (1: with 2 or more, shardproxy fronts that many shards with
+#        pgbench's rows split among them, loaded through the proxy, while
+#        "direct" and PgBouncer use one separate PostgreSQL holding all rows).
 # Output: a Markdown table on stdout, also written to bench/results/latest.md;
 #         per-run numbers in bench/results/latest-raw.tsv.
 set -euo pipefail
@@ -25,6 +28,7 @@ WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 KEEP_TMP=${KEEP_TMP:-0}
+SHARDS=${SHARDS:-1}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -40,6 +44,7 @@ unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGOPTIONS 2>/dev/null || true
 
 TMP=""
 PROXY_PID=""
+DIRECT_PID=""
 BOUNCER_PID=""
 USED_PORTS=" "
 
@@ -50,10 +55,11 @@ die() { log "FATAL: $*"; exit 1; }
 # table meaningless before anything is started.
 validate_knobs() {
 	local v
-	for v in "$ROUNDS" "$RUN_SECONDS" "$WARMUP" "$THREADS" "$SCALE"; do
+	for v in "$ROUNDS" "$RUN_SECONDS" "$WARMUP" "$THREADS" "$SCALE" "$SHARDS"; do
 		[[ $v =~ ^[0-9]+$ ]] || die "ROUNDS, SECONDS, WARMUP, THREADS, SCALE must be integers (got '$v')"
 	done
 	((ROUNDS >= 1 && RUN_SECONDS >= 1 && RUN_SECONDS <= 3600)) || die "need ROUNDS >= 1 and 1 <= SECONDS <= 3600"
+	((SHARDS >= 1 && SHARDS <= 8)) || die "SHARDS must be 1..8"
 	for v in $CLIENTS; do
 		[[ $v =~ ^[0-9]+$ ]] && ((v >= 1 && v <= 150)) || die "CLIENTS entries must be 1..150 (max_client_conn/max_connections), got '$v'"
 	done
@@ -73,12 +79,15 @@ cleanup() {
 		kill -TERM "$BOUNCER_PID" 2>/dev/null
 		wait_exit "$BOUNCER_PID" 10 || kill -KILL "$BOUNCER_PID" 2>/dev/null
 	fi
-	if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-		# SIGTERM lets shardproxy dev stop its own Postgres servers; SIGKILL
-		# would orphan them, so only as a last resort.
-		kill -TERM "$PROXY_PID" 2>/dev/null
-		wait_exit "$PROXY_PID" 60 || { log "shardproxy did not stop in 60 s; killing it"; kill -KILL "$PROXY_PID" 2>/dev/null; }
-	fi
+	local pid
+	for pid in $PROXY_PID $DIRECT_PID; do
+		if kill -0 "$pid" 2>/dev/null; then
+			# SIGTERM lets shardproxy dev stop its own Postgres servers;
+			# SIGKILL would orphan them, so only as a last resort.
+			kill -TERM "$pid" 2>/dev/null
+			wait_exit "$pid" 60 || { log "shardproxy did not stop in 60 s; killing it"; kill -KILL "$pid" 2>/dev/null; }
+		fi
+	done
 	if [[ -n $TMP && -d $TMP ]]; then
 		if [[ $rc -eq 130 || $rc -eq 143 ]]; then
 			log "interrupted"
@@ -139,16 +148,17 @@ build_proxy() {
 	(cd "$REPO_DIR" && go build -o "$PROXY_BIN" ./cmd/shardproxy) || die "go build ./cmd/shardproxy failed"
 }
 
-# start_proxy runs `shardproxy dev` (one primary, no replicas) and waits for
-# its "ready" line. It sets PRIMARY_PORT and PROXY_PORT. Retries with fresh
-# ports when a port was taken between free_port and bind.
+# start_proxy SHARDS NAME runs `shardproxy dev` (SHARDS primaries, no
+# replicas) and waits for its "ready" line. It sets PRIMARY_PORT (the first
+# shard's primary), PROXY_PORT, ADMIN_PORT and PROXY_PID. Retries with
+# fresh ports when a port was taken between free_port and bind.
 start_proxy() {
-	local attempt dir out err listen admin deadline
+	local shards=$1 name=$2 attempt dir out err listen admin deadline
 	for attempt in 1 2 3; do
-		dir=$TMP/dev$attempt out=$TMP/proxy$attempt.out err=$TMP/proxy$attempt.err
+		dir=$TMP/$name$attempt out=$TMP/proxy-$name$attempt.out err=$TMP/proxy-$name$attempt.err
 		listen=$(free_port) admin=$(free_port)
-		log "starting shardproxy dev (listen 127.0.0.1:$listen, attempt $attempt)"
-		"$PROXY_BIN" dev --dir "$dir" --shards 1 --replicas 0 \
+		log "starting shardproxy dev --shards $shards (listen 127.0.0.1:$listen, attempt $attempt)"
+		"$PROXY_BIN" dev --dir "$dir" --shards "$shards" --replicas 0 \
 			--listen "127.0.0.1:$listen" --admin "127.0.0.1:$admin" >"$out" 2>"$err" </dev/null &
 		PROXY_PID=$!
 		deadline=$((SECONDS + 120))
@@ -181,11 +191,30 @@ start_proxy() {
 }
 
 # init_data loads pgbench's tables directly into the primary as the app role,
-# the same role every target authenticates as.
+# the same role every target authenticates as; with several shards, also
+# through the proxy, which splits the rows among them.
 init_data() {
 	log "pgbench -i -s $SCALE on the primary"
 	PGPASSWORD=app timeout 600 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app app \
 		>"$TMP/init.log" 2>&1 || { cat "$TMP/init.log" >&2; die "pgbench -i failed"; }
+	if ((SHARDS > 1)); then
+		log "pgbench -i -s $SCALE through shardproxy over $SHARDS shards"
+		PGPASSWORD=app timeout 600 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PROXY_PORT" -U app app \
+			>"$TMP/init-sharded.log" 2>&1 || { cat "$TMP/init-sharded.log" >&2; die "pgbench -i through the proxy failed"; }
+	fi
+}
+
+# start_targets: one shardproxy dev with one shard serves every target; with
+# SHARDS > 1 a second one, over SHARDS shards, is the shardproxy target and
+# the first one's primary is "direct".
+start_targets() {
+	start_proxy 1 dev
+	if ((SHARDS > 1)); then
+		DIRECT_PID=$PROXY_PID
+		local primary=$PRIMARY_PORT
+		start_proxy "$SHARDS" sharded
+		PRIMARY_PORT=$primary
+	fi
 }
 
 # start_pgbouncer runs PgBouncer 1.18 in transaction mode in front of the
@@ -408,7 +437,7 @@ main() {
 	log "nproc $(nproc); uptime: $load_before"
 
 	build_proxy
-	start_proxy
+	start_targets
 	init_data
 	start_pgbouncer
 
@@ -424,6 +453,7 @@ main() {
 		echo
 		echo "Started $started; pgbench -S -j $THREADS, scale $SCALE, $ROUNDS round(s) of ${RUN_SECONDS} s per target, targets rotated per round, ${WARMUP} s warm-up per target and cell."
 		echo "All targets: one local PostgreSQL $(PGPASSWORD=app psql -XAtq -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -d app -c 'show server_version' | awk '{print $1}') primary, app/app over SCRAM, sslmode=disable, 127.0.0.1."
+		((SHARDS > 1)) && echo "Except shardproxy: it fronts $SHARDS shard primaries on the same machine, pgbench's rows split among them by key (loaded through the proxy); direct and pgbouncer reach one PostgreSQL holding all rows."
 		echo "shardproxy: transaction pooling, pool size 20 (default). pgbouncer $("$PGBOUNCER_BIN" --version | head -1 | awk '{print $2}'): pool_mode=transaction, default_pool_size=20."
 		echo "tps and latency are medians over rounds; (ratio) is the median of per-round tps ratios to direct."
 		echo

@@ -206,6 +206,10 @@ func (mg *Merger) Describe(rd []byte) ([]byte, error) {
 		return nil, internalErr("malformed RowDescription: %v", err)
 	}
 	n := len(desc.Fields)
+	if mg.m.Relative {
+		// A SELECT * plan names columns from the end; now the width is known.
+		mg.m = mg.m.Resolve(n)
+	}
 	visible := mg.m.Visible
 	if mg.allVisible {
 		visible = n
@@ -224,7 +228,9 @@ func (mg *Merger) Describe(rd []byte) ([]byte, error) {
 		mg.out[i] = mg.in[i]
 	}
 	for _, a := range mg.m.Aggregates {
-		if a.Func != plan.AggAvg {
+		// Only combined averages are split into sum and count; a
+		// shard-local group's avg arrives finished.
+		if a.Func != plan.AggAvg || !mg.grouped {
 			continue
 		}
 		in := &mg.in[a.Col]

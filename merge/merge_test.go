@@ -204,6 +204,22 @@ func TestHiddenColumnsAreStripped(t *testing.T) {
 	}
 }
 
+func TestRelativePlanIsResolved(t *testing.T) {
+	// SELECT * ... ORDER BY x, where x is a hidden helper named from the end.
+	rd := rowDesc(t, col{"a", oidText, false}, col{"b", oidText, false}, col{"x", oidInt4, false})
+	m := &plan.Merge{Visible: -1, Hidden: 1, Relative: true, OrderBy: []plan.SortKey{{Col: -1, Desc: true, NullsFirst: true}}}
+	mg, s := newMerger(t, m, nil, rd)
+	for i, x := range []string{"1", "3", "2"} {
+		if err := mg.Add(i, dataRow(t, "a"+x, "b", x)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustFinish(t, mg)
+	if got := s.col(0); !equalStrings(got, []string{"a3", "a2", "a1"}) || len(s.rows[0]) != 2 {
+		t.Errorf("rows %q", s.rows)
+	}
+}
+
 func TestStreamingLimitOffsetAndDone(t *testing.T) {
 	rd := rowDesc(t, col{"a", oidInt4, false})
 	mg, s := newMerger(t, &plan.Merge{Visible: 1, Limit: &plan.Count{Value: 2}, Offset: &plan.Count{Value: 1}}, nil, rd)

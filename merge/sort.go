@@ -40,6 +40,9 @@ type sortEnt struct {
 	ord uint64 // shard<<40 | arrival: the tie-break
 	idx uint32 // the row: mg.slabs[idx/slabRows][idx%slabRows]
 	nr  uint8  // the first key's NULL rank: 0 NULLS FIRST, 1 value, 2 NULLS LAST
+	// ex: pre stands for this value exactly (a short text, a numeric
+	// that is a float64), so two ex entries with equal pre have equal keys.
+	ex bool
 }
 
 // slabRows is how many buffered rows share one allocation.
@@ -67,23 +70,27 @@ func prefixKindOf(cls class) prefixKind {
 }
 
 // prefix maps a non-NULL value to a uint64 whose unsigned order agrees
-// with the value order (ties allowed unless the kind is exact).
-func prefix(cls class, v *val) uint64 {
+// with the value order (ties allowed unless the kind is exact); exact
+// reports that this value alone is the only one with that prefix.
+func prefix(cls class, v *val) (pre uint64, exact bool) {
 	switch cls {
 	case clsInt, clsBool, clsDate, clsTime, clsTimestamp:
-		return uint64(v.i) ^ 1<<63
+		return uint64(v.i) ^ 1<<63, true
 	case clsFloat:
-		return floatPrefix(v.f)
+		return floatPrefix(v.f), true
 	case clsText, clsBpchar, clsBytea:
 		var b [8]byte
 		copy(b[:], v.b)
-		return binary.BigEndian.Uint64(b[:])
+		// Text cannot contain NUL bytes, so zero padding is unambiguous
+		// for up to 8 bytes; bytea can.
+		return binary.BigEndian.Uint64(b[:]), cls != clsBytea && len(v.b) <= 8
 	case clsUUID:
-		return uint64(v.i)
+		return uint64(v.i), false
 	case clsNumeric:
-		return floatPrefix(decimalFloat(v.d))
+		f, exact := decimalFloat(v.d)
+		return floatPrefix(f), exact
 	}
-	return 0
+	return 0, false
 }
 
 // floatPrefix orders floats as PostgreSQL does: -0 equals 0, NaN is
@@ -104,28 +111,40 @@ func floatPrefix(f float64) uint64 {
 
 // decimalFloat converts d to the nearest float64 (NaN above +Inf through
 // floatPrefix). Correct rounding keeps the conversion monotonic, which is
-// all the prefix needs: values that round alike are compared exactly.
-func decimalFloat(d *decimal) float64 {
+// all the prefix needs: values that round alike are compared exactly,
+// unless exact says the float64 is the value itself.
+func decimalFloat(d *decimal) (f float64, exact bool) {
 	switch d.special {
 	case decNaN:
-		return math.NaN()
+		return math.NaN(), true
 	case decPosInf:
-		return math.Inf(1)
+		return math.Inf(1), false // huge finite values round to +Inf too
 	case decNegInf:
-		return math.Inf(-1)
+		return math.Inf(-1), false
 	}
 	if d.coef.IsInt64() && d.scale <= 22 {
 		// Both operands are exact float64s, so the division rounds once.
+		// c / 10^s = (c / 5^s) / 2^s is a float64 when 5^s divides c.
 		if c := d.coef.Int64(); c >= -1<<53 && c <= 1<<53 {
-			return float64(c) / math.Pow10(int(d.scale))
+			exact = d.scale <= 27 && c%pow5[d.scale] == 0
+			return float64(c) / math.Pow10(int(d.scale)), exact
 		}
 	}
 	var num, den big.Float
 	num.SetPrec(256).SetInt(&d.coef)
 	den.SetPrec(256).SetInt(pow10(int64(d.scale)))
-	f, _ := new(big.Float).SetPrec(53).Quo(&num, &den).Float64()
-	return f
+	f, _ = new(big.Float).SetPrec(53).Quo(&num, &den).Float64()
+	return f, false
 }
+
+// pow5[i] is 5^i, for the exactness test above.
+var pow5 = func() (p [28]int64) {
+	p[0] = 1
+	for i := 1; i < len(p); i++ {
+		p[i] = p[i-1] * 5
+	}
+	return p
+}()
 
 // buffer keeps a row for ordering: all of them, or with a LIMIT only the
 // first LIMIT+OFFSET in a max-heap, so memory stays bounded.
@@ -177,7 +196,7 @@ func (mg *Merger) buffer(shard int64, row []byte) error {
 		case k0.null:
 			e.nr = 2
 		case mg.preKind != prefixNone:
-			e.pre = prefix(s.c.cls, k0)
+			e.pre, e.ex = prefix(s.c.cls, k0)
 			if s.desc {
 				e.pre = ^e.pre
 			}
@@ -249,7 +268,7 @@ func (mg *Merger) cmpEnts(a, b sortEnt) int {
 		if a.pre != b.pre {
 			return cmpUint(a.pre, b.pre)
 		}
-		if mg.preKind == prefixExact {
+		if mg.preKind == prefixExact || (a.ex && b.ex) {
 			from = 1
 		}
 	}
