@@ -434,7 +434,7 @@ func (ss *session) toShard(s int, implicit bool) error {
 	if ss.sc != nil && ss.cur == s {
 		ss.segMask |= 1 << uint(s)
 		if implicit && !ss.tx.open {
-			ss.tx.implicit = true
+			ss.startImplicit()
 		}
 		ss.join(s)
 		return nil
@@ -464,7 +464,7 @@ func (ss *session) toShard(s int, implicit bool) error {
 	ss.running.Store(sc)
 	ss.segMask |= 1 << uint(s)
 	if implicit && !ss.tx.open {
-		ss.tx.implicit = true
+		ss.startImplicit()
 	}
 	ss.syncParams()
 	ss.join(s)

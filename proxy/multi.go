@@ -543,7 +543,7 @@ func (ss *session) execPieces(u *unit) error {
 		}
 	}
 	if own {
-		ss.tx.implicit = true
+		ss.startImplicit()
 	}
 	for _, p := range u.pieces {
 		st := p.Stmt

@@ -26,6 +26,17 @@ type txn struct {
 	wrote    uint64 // shards it wrote on
 	// savepoints open now, oldest first, replayed on shards joined later.
 	savepoints []string
+	// errsBefore is the session's error count when an implicit
+	// transaction began: any error since then rolls it back.
+	errsBefore int
+}
+
+// startImplicit makes the current segment one transaction across shards.
+func (ss *session) startImplicit() {
+	if !ss.tx.implicit {
+		ss.tx.implicit = true
+		ss.tx.errsBefore = ss.errCount
+	}
 }
 
 // sendAll sends one simple query to every joined connection and reads the
@@ -183,7 +194,7 @@ func (ss *session) abortPrepared(mask uint64, gid string) bool {
 // finishImplicit ends a segment that ran as an implicit multi-shard
 // transaction: committed when every shard succeeded, else rolled back.
 func (ss *session) finishImplicit() error {
-	failed := false
+	failed := ss.errCount > ss.tx.errsBefore
 	for s, sc := range ss.conns {
 		if sc != nil && ss.tx.joined&(1<<uint(s)) != 0 && sc.TxStatus == 'E' {
 			failed = true
