@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/shardproxy/shardproxy/plan"
+	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -82,16 +83,10 @@ func (ss *session) planOp(o *op) {
 			}
 			return
 		}
-		_, rest, _ := cutCString(wire.Body(msg))
-		info := ss.unnamedInfos[string(rest)]
+		info := o.info
 		if info == nil {
-			q, after, _ := cutCString(rest)
-			info = &stmtInfo{sql: string(q), oids: parseOIDs(after)}
-			info.st = ss.statementOf(info.sql)
-			if len(ss.unnamedInfos) >= sessionCacheSize {
-				clear(ss.unnamedInfos)
-			}
-			ss.unnamedInfos[string(rest)] = info
+			_, rest, _ := cutCString(wire.Body(msg))
+			info = ss.unnamedInfo(rest)
 		}
 		ss.unnamed = info
 		o.st = info.st
@@ -149,6 +144,25 @@ func (ss *session) planOp(o *op) {
 	default: // 'H'
 		o.tgt = tLocal
 	}
+}
+
+// unnamedInfo analyzes an unnamed statement (rest: the Parse body after
+// the name), once per distinct text per session.
+func (ss *session) unnamedInfo(rest []byte) *stmtInfo {
+	info := ss.unnamedInfos[string(rest)]
+	if info == nil {
+		q, after, _ := cutCString(rest)
+		info = &stmtInfo{sql: string(q), oids: parseOIDs(after)}
+		info.st = ss.statementOf(info.sql)
+		if info.st.Kind == plan.Local {
+			info.sets = parseSessionSets(info.sql)
+		}
+		if len(ss.unnamedInfos) >= sessionCacheSize {
+			clear(ss.unnamedInfos)
+		}
+		ss.unnamedInfos[string(rest)] = info
+	}
+	return info
 }
 
 // defaultTarget is where statements without a shard of their own go: a
@@ -248,12 +262,23 @@ func cloneParams(p *plan.Params) plan.Params {
 func (ss *session) planQuery(o *op, msg []byte) {
 	q, _, _ := cutCString(wire.Body(msg))
 	parts, ok := ss.queries[string(q)]
+	if !ok && ss.planNormalized(o, q) {
+		return
+	}
 	if !ok {
 		parts = ss.srv.router.Analyze(string(q))
 		if len(ss.queries) >= sessionCacheSize {
 			clear(ss.queries)
 		}
 		ss.queries[string(q)] = parts
+	}
+	for _, p := range parts {
+		if p.Stmt.Kind == plan.Local {
+			// SET, RESET, DISCARD, savepoints: what the client's
+			// settings become once the query succeeds.
+			o.sets = parseSessionSets(string(q))
+			break
+		}
 	}
 	if len(parts) == 0 {
 		o.tgt = ss.defaultTarget()
@@ -646,4 +671,52 @@ func (ss *session) emitReady() {
 	if ss.pendingLen() == 0 {
 		ss.readyForQuery(st, true)
 	}
+}
+
+// planNormalized routes a simple query by the plan of its text with the
+// constants taken out, so statements differing only in their constants
+// share one cached plan and are not parsed each time. It handles what
+// goes to the shard(s) owning the keys with the client's own text; the
+// rest (fan-outs that merge, rewrites) is planned from the original.
+func (ss *session) planNormalized(o *op, q []byte) bool {
+	norm, lits, ok := router.NormalizeLiterals(ss.normBuf[:0], ss.normLits[:0], q)
+	ss.normBuf, ss.normLits = norm, lits
+	if !ok {
+		return false
+	}
+	st, seen := ss.normalized[string(norm)]
+	if !seen {
+		parts := ss.srv.router.Analyze(string(norm))
+		st = nil
+		if len(parts) == 1 {
+			switch k := parts[0].Stmt.Kind; {
+			case k == plan.Keyed, k == plan.Default, k == plan.AnyShard, k == plan.FanOut && len(parts[0].Stmt.Keys) > 0:
+				st = parts[0].Stmt
+			}
+		}
+		if len(ss.normalized) >= sessionCacheSize {
+			clear(ss.normalized)
+		}
+		ss.normalized[string(norm)] = st
+	}
+	if st == nil {
+		return false
+	}
+	p := &ss.bindParams
+	p.Values, p.Formats, p.OIDs = p.Values[:0], p.Formats[:0], nil
+	p.Values = append(p.Values, lits...)
+	tgt, shards, err := ss.route(st, p)
+	switch {
+	case err != nil:
+		// Let the full analysis report it with the client's own text.
+		return false
+	case tgt >= 0:
+		o.st, o.tgt = st, tgt
+		return true
+	case tgt == tMulti && st.Kind == plan.Keyed:
+		o.st, o.tgt = st, tMulti
+		o.unit = &unit{st: st, sql: string(q), shards: shards, simple: true}
+		return true
+	}
+	return false
 }

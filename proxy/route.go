@@ -23,6 +23,7 @@ type stmtInfo struct {
 	sql  string
 	st   *plan.Statement
 	oids []uint32
+	sets []setOp // session settings it changes when executed
 }
 
 // portalInfo is where a bound portal lives.

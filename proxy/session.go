@@ -100,8 +100,11 @@ type session struct {
 	unnamedOn     int       // shard index + 1 it was parsed on
 	unnamedPortal portalInfo
 	portals       map[string]portalInfo
-	unnamedInfos  map[string]*stmtInfo     // by Parse body after the name
-	queries       map[string][]router.Part // simple queries by text
+	unnamedInfos  map[string]*stmtInfo       // by Parse body after the name
+	queries       map[string][]router.Part   // simple queries by text
+	normalized    map[string]*plan.Statement // by text without constants; nil: not usable
+	normBuf       []byte
+	normLits      [][]byte
 	bindParams    plan.Params
 	captured      *wire.Error
 	errCount      int // errors sent to the client
@@ -304,23 +307,18 @@ func (ss *session) addOp(typ byte, msg []byte, stmt *sharedStmt) *op {
 }
 
 func (ss *session) addQuery(typ byte, msg []byte) {
-	o := ss.addOp(typ, msg, nil)
-	if typ == 'Q' {
-		body := wire.Body(msg)
-		if q, _, ok := cutCString(body); ok {
-			o.sets = parseSessionSets(string(q))
-		}
-	}
+	// Settings a query changes are found when it is planned.
+	ss.addOp(typ, msg, nil)
 }
 
 func (ss *session) addParse(msg []byte) {
 	name, rest, ok := cutCString(wire.Body(msg))
 	if !ok || len(name) == 0 {
-		ss.addOp('P', msg, nil)
+		o := ss.addOp('P', msg, nil)
+		ss.unnamedSets = nil
 		if ok {
-			if q, _, ok := cutCString(rest); ok {
-				ss.unnamedSets = parseSessionSets(string(q))
-			}
+			o.info = ss.unnamedInfo(rest)
+			ss.unnamedSets = o.info.sets
 		}
 		return
 	}

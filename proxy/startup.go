@@ -14,6 +14,7 @@ import (
 
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
+	"github.com/shardproxy/shardproxy/plan"
 	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
@@ -217,6 +218,7 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	ss.cur, ss.forceShardIdx = -1, -1
 	ss.unnamedInfos = map[string]*stmtInfo{}
 	ss.queries = map[string][]router.Part{}
+	ss.normalized = map[string]*plan.Statement{}
 	ss.stmts = map[string]*sharedStmt{}
 	ss.paramsTag = paramsTags.Add(1)
 
