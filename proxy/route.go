@@ -79,6 +79,10 @@ func (ss *session) forcedShard(st *plan.Statement) (int, *wire.Error) {
 // a shard index, tLocal (the proxy answers) or tMulti with the shards.
 func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []int, err *wire.Error) {
 	if st.Kind == plan.Refused {
+		// Refused only for spanning shards: fine on one forced shard.
+		if f, e := ss.forcedShard(st); st.CrossShard && e == nil && f >= 0 {
+			return f, nil, nil
+		}
 		return tLocal, nil, st.Err
 	}
 	if st.Kind == plan.Local {

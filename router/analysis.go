@@ -49,6 +49,9 @@ type rel struct {
 	key     string // shard-key column (sharded only)
 	sc      *scope
 	parent  *rel // union-find for co-location
+	// nullable: on the nullable side of an outer join, so its columns
+	// can be NULL on any shard.
+	nullable bool
 }
 
 type scopeKind uint8
@@ -372,6 +375,15 @@ func (a *analysis) join(sc *scope, j *pg_query.JoinExpr) []*rel {
 			a.edge(r, l)
 		}
 	}
+	switch j.Jointype {
+	case pg_query.JoinType_JOIN_LEFT:
+		markNullable(right)
+	case pg_query.JoinType_JOIN_RIGHT:
+		markNullable(left)
+	case pg_query.JoinType_JOIN_FULL:
+		markNullable(left)
+		markNullable(right)
+	}
 	if sc.top && !inner && a.outerJoin == "" {
 		ls, rs := firstOf(left, relSharded), firstOf(right, relSharded)
 		lo, ro := firstNonSharded(left), firstNonSharded(right)
@@ -397,6 +409,12 @@ func (a *analysis) join(sc *scope, j *pg_query.JoinExpr) []*rel {
 		}
 	}
 	return append(left, right...)
+}
+
+func markNullable(rs []*rel) {
+	for _, r := range rs {
+		r.nullable = true
+	}
 }
 
 func firstOf(rs []*rel, k relKind) *rel {

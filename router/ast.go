@@ -411,16 +411,6 @@ func figureColname(n *pg_query.Node) string {
 	return "?column?"
 }
 
-// isParamOrConst reports whether a node is a parameter or constant
-// (possibly cast).
-func isParamOrConst(n *pg_query.Node) bool {
-	n = stripCasts(n)
-	if n == nil {
-		return false
-	}
-	return n.GetParamRef() != nil || n.GetAConst() != nil
-}
-
 // hasParams reports whether an expression references $N parameters.
 func hasParams(m proto.Message) bool {
 	found := false
@@ -458,15 +448,6 @@ func binOp(op string, l, r *pg_query.Node) *pg_query.Node {
 	return &pg_query.Node{Node: &pg_query.Node_AExpr{AExpr: &pg_query.A_Expr{
 		Kind: pg_query.A_Expr_Kind_AEXPR_OP, Name: []*pg_query.Node{pg_query.MakeStrNode(op)},
 		Lexpr: l, Rexpr: r, Location: -1,
-	}}}
-}
-
-func orTrue(n *pg_query.Node) *pg_query.Node {
-	t := &pg_query.Node{Node: &pg_query.Node_AConst{AConst: &pg_query.A_Const{
-		Val: &pg_query.A_Const_Boolval{Boolval: &pg_query.Boolean{Boolval: true}}, Location: -1,
-	}}}
-	return &pg_query.Node{Node: &pg_query.Node_BoolExpr{BoolExpr: &pg_query.BoolExpr{
-		Boolop: pg_query.BoolExprType_OR_EXPR, Args: []*pg_query.Node{n, t}, Location: -1,
 	}}}
 }
 

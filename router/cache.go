@@ -11,19 +11,30 @@ import (
 // within a shard, CLOCK (second chance) eviction keeps the texts that are
 // still being used. A hit takes a read lock, a map lookup and at most one
 // atomic store: no allocation.
+//
+// Besides the number of texts, the bytes they hold are bounded, so that
+// many long one-off texts cannot make the cache large.
 type cache struct {
 	seed   maphash.Seed
 	shards []cacheShard
 }
 
-const cacheShards = 16
+const (
+	cacheShards = 16
+	// entryOverhead approximates what a cached plan costs besides its
+	// text; bytesPerEntry is the average budget per entry.
+	entryOverhead = 256
+	bytesPerEntry = 2 << 10
+)
 
 type cacheShard struct {
-	mu      sync.RWMutex
-	m       map[string]*cacheEntry
-	ring    []*cacheEntry // insertion ring the clock hand sweeps
-	hand    int
-	maxSize int
+	mu       sync.RWMutex
+	m        map[string]*cacheEntry
+	ring     []*cacheEntry // the entries the clock hand sweeps
+	hand     int
+	bytes    int
+	maxSize  int
+	maxBytes int
 }
 
 type cacheEntry struct {
@@ -37,14 +48,17 @@ func newCache(size int) *cache {
 		return nil
 	}
 	n := cacheShards
-	if size < n {
+	if size < 4*n {
 		n = 1
 	}
 	c := &cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, n)}
 	per := (size + n - 1) / n
 	for i := range c.shards {
-		c.shards[i].m = make(map[string]*cacheEntry, per)
-		c.shards[i].maxSize = per
+		c.shards[i] = cacheShard{
+			m:        make(map[string]*cacheEntry, per),
+			maxSize:  per,
+			maxBytes: per * bytesPerEntry,
+		}
 	}
 	return c
 }
@@ -80,30 +94,43 @@ func (c *cache) put(key string, parts []Part) {
 		return
 	}
 	s := c.shard(key)
+	size := len(key) + entryOverhead
+	if size > s.maxBytes {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[key]; ok {
 		return // another session planned the same text meanwhile
 	}
-	e := &cacheEntry{key: key, parts: parts}
-	if len(s.ring) < s.maxSize {
-		s.ring = append(s.ring, e)
-		s.m[key] = e
-		return
+	for len(s.ring) > 0 && (len(s.ring) >= s.maxSize || s.bytes+size > s.maxBytes) {
+		s.evict()
 	}
-	// Sweep: give referenced entries a second chance, evict the first
-	// one not used since the last pass. Terminates within two laps.
+	e := &cacheEntry{key: key, parts: parts}
+	s.ring = append(s.ring, e)
+	s.m[key] = e
+	s.bytes += size
+}
+
+// evict removes one entry: the first the hand finds not used since its
+// last pass (referenced ones get a second chance). Ends within two laps.
+func (s *cacheShard) evict() {
 	for {
-		old := s.ring[s.hand]
-		if old.used.Load() {
-			old.used.Store(false)
-			s.hand = (s.hand + 1) % len(s.ring)
+		if s.hand >= len(s.ring) {
+			s.hand = 0
+		}
+		e := s.ring[s.hand]
+		if e.used.Load() {
+			e.used.Store(false)
+			s.hand++
 			continue
 		}
-		delete(s.m, old.key)
-		s.ring[s.hand] = e
-		s.m[key] = e
-		s.hand = (s.hand + 1) % len(s.ring)
+		last := len(s.ring) - 1
+		s.ring[s.hand] = s.ring[last]
+		s.ring[last] = nil
+		s.ring = s.ring[:last]
+		delete(s.m, e.key)
+		s.bytes -= len(e.key) + entryOverhead
 		return
 	}
 }

@@ -121,15 +121,14 @@ func copyOutConcatenates(cmd, what string, opts []copyOption) *plan.Statement {
 
 // planCopyQuery routes COPY (query) TO STDOUT by its query.
 func (r *Router) planCopyQuery(c *pg_query.CopyStmt, opts []copyOption) *plan.Statement {
+	inner := r.plan(c.Query)
 	if c.Filename != "" || c.IsProgram {
-		inner := r.plan(c.Query, "")
 		if inner.Kind == plan.Default || inner.Kind == plan.AnyShard {
 			return &plan.Statement{Kind: inner.Kind, Command: "COPY", Table: inner.Table}
 		}
 		return refuse("COPY", false, "Use COPY (...) TO STDOUT (psql's \\copy) instead.",
 			"COPY (query) TO a server file is not supported for sharded tables: the proxy cannot tell which server's file to use")
 	}
-	inner := r.plan(c.Query, "")
 	st := &plan.Statement{Command: "COPY", Table: inner.Table, Write: inner.Write}
 	switch inner.Kind {
 	case plan.Refused:

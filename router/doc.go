@@ -7,9 +7,11 @@
 // message) and returns one Part per statement, cut out of the text by
 // the parser's statement locations. Parsing uses PostgreSQL's own grammar
 // (pg_query, cgo). Plans are cached by exact text in a bounded cache
-// (CLOCK eviction); a hit costs a read lock and a map lookup and
-// allocates nothing. Texts that do not parse are answered with
-// PostgreSQL's syntax error (SQLSTATE 42601) and not cached.
+// (CLOCK eviction, bounded in entries and bytes); a hit costs a read
+// lock and a map lookup and allocates nothing. Texts that do not parse
+// are answered with PostgreSQL's syntax error (SQLSTATE 42601) and not
+// cached. Plans are shared between sessions and must not be modified.
+// Describe renders a plan as one line (golden files, shardproxy.explain).
 //
 // # Tables
 //
@@ -46,7 +48,7 @@
 // every shard. Merge says how to combine: ORDER BY (sort keys not in
 // the select list become hidden trailing columns), LIMIT/OFFSET (each
 // shard is asked for LIMIT limit+offset; with parameters LIMIT
-// $1::int8 + $2::int8), count/sum/min/max/avg/bool_and/bool_or (avg(x)
+// $1::bigint + $2::bigint), count/sum/min/max/avg/bool_and/bool_or (avg(x)
 // becomes sum(x) under the same column name plus a hidden count(x)),
 // GROUP BY (groups are combined, unless GROUP BY holds the shard key:
 // then each group is on one shard and the shards' groups are final),
@@ -61,7 +63,7 @@
 // ShardSQL is the rewritten text when the shards must run something
 // else than the client's text; it always mentions every parameter the
 // client's text does, with the same types (parameters of a removed
-// LIMIT/OFFSET survive as OFFSET 0 * $n::int8), so the Bind can be
+// LIMIT/OFFSET survive as OFFSET 0 * $n::bigint), so the Bind can be
 // forwarded unchanged.
 //
 // INSERT ... VALUES into a sharded table must list the key column: one
@@ -115,5 +117,8 @@
 // functions, unique constraints without the shard key are only unique
 // per shard, serial/identity keys of sharded tables are generated per
 // shard, and GROUP BY a name that is both a column and an output alias
-// is taken as the output alias.
+// is taken as the output alias. Functions, procedures (CALL) and DO
+// blocks run where the router sends them without it seeing what they
+// read (DO blocks naming a configured table are refused). Text merged
+// by ORDER BY/min/max compares in byte order (the C collation).
 package router

@@ -106,8 +106,10 @@ func writeGolden(t *testing.T, path, header string, cases []goldenCase) {
 	}
 }
 
+func filepathGlob() ([]string, error) { return filepath.Glob(filepath.Join(goldenDir, "*.txt")) }
+
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(goldenDir, "*.txt"))
+	files, err := filepathGlob()
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no golden files in %s: %v", goldenDir, err)
 	}

@@ -4,12 +4,13 @@ import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shardproxy/shardproxy/plan"
 )
 
 // plan routes one parsed statement.
-func (r *Router) plan(n *pg_query.Node, text string) *plan.Statement {
+func (r *Router) plan(n *pg_query.Node) *plan.Statement {
 	switch v := n.GetNode().(type) {
 	case *pg_query.Node_SelectStmt:
 		if into := v.SelectStmt.IntoClause; into != nil {
@@ -85,7 +86,7 @@ func (r *Router) plan(n *pg_query.Node, text string) *plan.Statement {
 // that runs on one shard: a plan from each of several shards is not the
 // plan of the whole statement.
 func (r *Router) planExplain(e *pg_query.ExplainStmt) *plan.Statement {
-	inner := r.plan(e.Query, "")
+	inner := r.plan(e.Query)
 	analyze := false
 	for _, o := range e.Options {
 		if d := o.GetDefElem(); d != nil && d.Defname == "analyze" {
@@ -116,9 +117,9 @@ func (r *Router) planCreateAs(into *pg_query.IntoClause, query *pg_query.Node, c
 	a := newAnalysis(r)
 	if s := query.GetSelectStmt(); s != nil {
 		// SELECT INTO: analyze the query without its INTO clause.
-		c := *s
+		c := proto.Clone(s).(*pg_query.SelectStmt)
 		c.IntoClause = nil
-		a.selectStmt(&c, nil, scopeTop, "")
+		a.selectStmt(c, nil, scopeTop, "")
 	} else {
 		a.query(query, nil, scopeTop, "")
 	}
@@ -180,7 +181,7 @@ func (r *Router) planView(v *pg_query.ViewStmt) *plan.Statement {
 // planPrepare routes SQL-level PREPARE: the EXECUTE that follows names no
 // table, so only statements of the default shard can be prepared so.
 func (r *Router) planPrepare(p *pg_query.PrepareStmt) *plan.Statement {
-	inner := r.plan(p.Query, "")
+	inner := r.plan(p.Query)
 	if inner.Kind == plan.Default {
 		return &plan.Statement{Kind: plan.Default, Command: "PREPARE"}
 	}
@@ -192,7 +193,7 @@ func (r *Router) planPrepare(p *pg_query.PrepareStmt) *plan.Statement {
 // planDeclare routes DECLARE CURSOR: FETCH names only the cursor, so the
 // cursor must live on the default shard.
 func (r *Router) planDeclare(d *pg_query.DeclareCursorStmt) *plan.Statement {
-	inner := r.plan(d.Query, "")
+	inner := r.plan(d.Query)
 	if inner.Kind == plan.Default || inner.Kind == plan.AnyShard {
 		return &plan.Statement{Kind: plan.Default, Command: "DECLARE CURSOR"}
 	}

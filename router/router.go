@@ -71,6 +71,7 @@ func New(s Schema, cacheSize int) *Router {
 // statements of such a string either.
 //
 // Plans are cached by the exact text; a cache hit does not allocate.
+// The returned slice and plans are shared: do not modify them.
 func (r *Router) Analyze(sql string) []Part {
 	if parts, ok := r.cache.get(sql); ok {
 		return parts
@@ -92,7 +93,7 @@ func (r *Router) analyze(sql string) (parts []Part, ok bool) {
 	parts = make([]Part, 0, len(tree.Stmts))
 	for _, raw := range tree.Stmts {
 		text := statementText(sql, raw)
-		st := r.plan(raw.Stmt, text)
+		st := r.safePlan(raw.Stmt)
 		if st.Kind == plan.Default {
 			st.Table = "" // Table names sharded and reference tables only
 		}
@@ -100,6 +101,18 @@ func (r *Router) analyze(sql string) (parts []Part, ok bool) {
 		parts = append(parts, Part{SQL: text, Stmt: st})
 	}
 	return parts, true
+}
+
+// safePlan plans one statement; a bug in the router refuses that
+// statement with an internal error instead of taking the proxy down.
+func (r *Router) safePlan(n *pg_query.Node) (st *plan.Statement) {
+	defer func() {
+		if p := recover(); p != nil {
+			st = &plan.Statement{Kind: plan.Refused, Err: wire.Errorf(wire.CodeInternalError,
+				"shardproxy could not route this statement: %v", p)}
+		}
+	}()
+	return r.plan(n)
 }
 
 // statementText cuts one statement out of a multi-statement string.

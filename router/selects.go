@@ -27,7 +27,7 @@ func (r *Router) planSelect(node *pg_query.Node, s *pg_query.SelectStmt) *plan.S
 		return refuse(st.Command, true, hintShard(a.sharded()[0]),
 			"data-modifying WITH query across shards is not supported")
 	}
-	res := buildMerge(a, top, node, s)
+	res := buildMerge(a, top, node, s, rt.kind == routeKeys)
 	if res.err != nil {
 		return res.err
 	}
@@ -77,8 +77,8 @@ type mergeResult struct {
 
 // buildMerge plans how to combine the results of a read spread over
 // several shards, rewriting the statement for the shards as needed.
-func buildMerge(a *analysis, top *scope, node *pg_query.Node, s *pg_query.SelectStmt) mergeResult {
-	b := &mergeBuilder{a: a, sc: top, s: s, m: &plan.Merge{}, star: -1}
+func buildMerge(a *analysis, top *scope, node *pg_query.Node, s *pg_query.SelectStmt, keyed bool) mergeResult {
+	b := &mergeBuilder{a: a, sc: top, s: s, m: &plan.Merge{}, star: -1, keyed: keyed}
 	if s.Op != pg_query.SetOperation_SETOP_NONE {
 		b.setOp()
 	} else {
@@ -116,6 +116,7 @@ type mergeBuilder struct {
 	targets []*pg_query.ResTarget // the client's select list
 	orig    []*pg_query.Node      // their expressions before rewriting
 	star    int                   // index of the first * item, -1 if none
+	keyed   bool                  // restricted to key values (not every shard)
 	grouped bool
 	hidden  []hiddenCol
 	// avgs maps the client's spelling of avg aggregates that only exist
@@ -170,7 +171,9 @@ func (b *mergeBuilder) build() {
 		b.fail("window function across shards is not supported: %s", w)
 		return
 	}
-	if len(s.LockingClause) > 0 {
+	// Locking rows of a few keys on their shards is exact, unless a
+	// LIMIT makes each shard lock rows the client will not get.
+	if len(s.LockingClause) > 0 && (!b.keyed || s.LimitCount != nil || s.LimitOffset != nil) {
 		b.fail("%s across shards is not supported", lockingName(s.LockingClause[0].GetLockingClause()))
 		return
 	}
@@ -258,7 +261,12 @@ func (b *mergeBuilder) firstWindow() string {
 func (b *mergeBuilder) groupHasKey() bool {
 	for _, g := range b.s.GroupClause {
 		e := b.groupExpr(g)
-		if e != nil && b.a.resolveKey(b.sc, stripCasts(e)) != nil {
+		if e == nil {
+			continue
+		}
+		// A key from the nullable side of an outer join can be NULL on
+		// every shard: that group would not be shard-local.
+		if r := b.a.resolveKey(b.sc, stripCasts(e)); r != nil && !r.nullable {
 			return true
 		}
 	}
@@ -587,12 +595,16 @@ func (b *mergeBuilder) orderBy() {
 		case pg_query.SortByDir_SORTBY_DESC:
 			key.Desc = true
 		case pg_query.SortByDir_SORTBY_USING:
-			switch op := strs(sb.UseOp); op[len(op)-1] {
+			op := ""
+			if names := strs(sb.UseOp); len(names) > 0 {
+				op = names[len(names)-1]
+			}
+			switch op {
 			case "<", "~<~":
 			case ">", "~>~":
 				key.Desc = true
 			default:
-				b.fail("ORDER BY ... USING %s across shards is not supported", op[len(op)-1])
+				b.fail("ORDER BY ... USING %s across shards is not supported", op)
 				return
 			}
 		}
