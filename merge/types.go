@@ -610,9 +610,15 @@ func (c *column) parseConst(s string, v *val) error {
 		if c.oid == oidTimestamptz && !hasZone(raw) {
 			return errNeedsZone
 		}
+		raw = trimSpace(raw)
+		if c.cls == clsTimestamp && c.oid != oidTimestamptz && len(raw) == 10 && raw[4] == '-' && raw[7] == '-' {
+			// A date-only constant compared with a timestamp means its
+			// midnight, as PostgreSQL's timestamp input reads it.
+			raw = append(append([]byte(nil), raw...), " 00:00:00"...)
+		}
 		text := column{oid: c.oid, cls: c.cls}
 		text.prepare()
-		return text.decode(trimSpace(raw), v)
+		return text.decode(raw, v)
 	default:
 		return errBadValue
 	}

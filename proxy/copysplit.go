@@ -604,6 +604,8 @@ func (sp *copySplitter) binaryRows(route routeFn, final bool) *wire.Error {
 			if f == sp.keyCol {
 				if l < 0 {
 					null = true
+				} else {
+					key = b[off:off] // an empty key is not NULL
 				}
 			}
 			if l > 0 {

@@ -242,7 +242,7 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 				oids = pick(oids, order)
 			}
 			w.SetBuf(appendMsg(w.Buf(), 'P', []byte{0}, []byte(sql), []byte{0}, encodeOIDs(oids)))
-			w.SetBuf(appendBind(w.Buf(), u.bind, order))
+			w.SetBuf(appendBind(w.Buf(), u.bind, order, u.hiddenCols()))
 		}
 		if bind || describe {
 			// The merge needs the shards' row layout even when the
@@ -299,12 +299,25 @@ func pick(oids []uint32, order []int) []uint32 {
 	return out
 }
 
+// hiddenCols is how many helper columns the shard SQL adds to the
+// client's: their results come in text.
+func (u *unit) hiddenCols() int {
+	if u.st.Kind != plan.FanOut || u.st.Merge == nil {
+		return 0
+	}
+	return u.st.Merge.Hidden
+}
+
 // appendBind appends the client's Bind rewritten for the unnamed portal and
 // statement, keeping only the parameters in order (1-based) when not nil.
-func appendBind(dst, bind []byte, order []int) []byte {
+// Per-column result formats are extended with text for hidden columns.
+func appendBind(dst, bind []byte, order []int, hidden int) []byte {
 	b := wire.Body(bind)
 	_, b, _ = cutCString(b)
 	_, b, _ = cutCString(b)
+	if hidden > 0 {
+		b = padResultFormats(b, hidden)
+	}
 	if order == nil {
 		return appendMsg(dst, 'B', []byte{0, 0}, b)
 	}
@@ -592,4 +605,38 @@ func (ss *session) execPiece(st *plan.Statement, sql string) error {
 	_ = ss.sc.W.Send(&pgproto3.Query{String: sql})
 	ss.push(pend{kind: pQuery, quietZ: true})
 	return ss.endRun()
+}
+
+// padResultFormats returns the Bind tail b (parameter formats, values,
+// result formats) with n text result formats appended when the client
+// gave one format per column.
+func padResultFormats(b []byte, n int) []byte {
+	rest := b
+	if len(rest) < 2 {
+		return b
+	}
+	nf := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2+2*nf:]
+	np := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	for i := 0; i < np; i++ {
+		l := int32(binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		if l > 0 {
+			rest = rest[l:]
+		}
+	}
+	nr := int(binary.BigEndian.Uint16(rest))
+	if nr <= 1 {
+		return b // none or one format: applies to every column
+	}
+	head := len(b) - len(rest)
+	out := make([]byte, 0, len(b)+2*n)
+	out = append(out, b[:head]...)
+	out = binary.BigEndian.AppendUint16(out, uint16(nr+n))
+	out = append(out, rest[2:]...)
+	for i := 0; i < n; i++ {
+		out = append(out, 0, 0)
+	}
+	return out
 }

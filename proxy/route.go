@@ -3,11 +3,13 @@ package proxy
 import (
 	"encoding/binary"
 	"fmt"
+	"math/big"
 	"sort"
 	"strings"
 
 	"github.com/shardproxy/shardproxy/plan"
 	"github.com/shardproxy/shardproxy/router"
+	"github.com/shardproxy/shardproxy/shard"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -112,7 +114,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		var one = -1
 		var many []int
 		for _, k := range st.Keys {
-			owners, err := m.Locate(k, p)
+			owners, err := locateKey(m, k, p)
 			if err != nil {
 				return tLocal, nil, asWireError(err)
 			}
@@ -161,7 +163,7 @@ func (ss *session) splitRows(st *plan.Statement, p *plan.Params) (map[int][]int,
 	m := ss.srv.shardMap()
 	rows := map[int][]int{}
 	for i, k := range st.Insert.Rows {
-		owners, err := m.Locate(k, p)
+		owners, err := locateKey(m, k, p)
 		if err != nil {
 			return nil, asWireError(err)
 		}
@@ -272,4 +274,48 @@ func (ss *session) explainRoute(st *plan.Statement, tgt int, shards []int) strin
 		where = "proxy"
 	}
 	return fmt.Sprintf("route: %s primary %s", where, router.Describe(st))
+}
+
+// locateKey is Locate, plus what PostgreSQL does with a numeric constant
+// compared with or stored into an integer key: '46.0' is 46, 41.5 is
+// stored as 42, and a value beyond bigint matches no row (and fails an
+// INSERT on whichever shard runs it).
+func locateKey(m *shard.Map, k plan.Key, p *plan.Params) ([]int, error) {
+	owners, err := m.Locate(k, p)
+	if err == nil {
+		return owners, nil
+	}
+	we, ok := err.(*wire.Error)
+	if !ok || (we.Code != wire.CodeInvalidTextRepr && we.Code != "22003") {
+		return nil, err
+	}
+	t, ok := m.Table(k.Table)
+	if !ok || !t.Type.IsInteger() {
+		return nil, err
+	}
+	var text string
+	switch {
+	case k.IsValue:
+		text = k.Value
+	case k.Param > 0 && !p.Binary(k.Param):
+		v, _ := p.Value(k.Param)
+		text = string(v)
+	default:
+		return nil, err
+	}
+	r, ok := new(big.Rat).SetString(strings.TrimSpace(text))
+	if !ok {
+		return nil, err
+	}
+	// Round half away from zero, as numeric -> bigint does.
+	half := big.NewRat(1, 2)
+	if r.Sign() < 0 {
+		half.Neg(half)
+	}
+	r.Add(r, half)
+	n := new(big.Int).Quo(r.Num(), r.Denom())
+	if !n.IsInt64() {
+		return []int{m.ShardOfNull(k.Table)}, nil
+	}
+	return m.Locate(plan.Key{Table: k.Table, Column: k.Column, Value: n.String(), IsValue: true}, nil)
 }

@@ -3,6 +3,8 @@ package router
 import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
+	"strconv"
+	"strings"
 
 	"github.com/shardproxy/shardproxy/plan"
 )
@@ -285,11 +287,38 @@ func (b *mergeBuilder) groupExpr(g *pg_query.Node) *pg_query.Node {
 	if name, ok := bareName(g); ok {
 		for i, t := range b.targets {
 			if t.Name == name {
+				if n, ok := bareName(b.orig[i]); ok && n == name {
+					return g
+				}
+				if mentionsColumn(b.orig[i], name) {
+					// Input or output column: see groupBy, which
+					// refuses it.
+					return nil
+				}
 				return b.orig[i]
 			}
 		}
 	}
 	return g
+}
+
+// mentionsColumn reports whether expression e refers to a column called
+// name: then "GROUP BY name" with e aliased as name is ambiguous (the
+// input column or the output column). An alias that names no column the
+// expression reads (date_trunc('day', created_at) AS day) is taken to
+// mean the output column, as it does unless the table also has a column
+// of that name, which the router cannot see.
+func mentionsColumn(e *pg_query.Node, name string) bool {
+	found := false
+	inspect(e, func(m proto.Message) bool {
+		if cr, ok := m.(*pg_query.ColumnRef); ok && len(cr.Fields) > 0 {
+			if s := cr.Fields[len(cr.Fields)-1].GetString_(); s != nil && s.Sval == name {
+				found = true
+			}
+		}
+		return !found
+	})
+	return found
 }
 
 func position(n *pg_query.Node) (int, bool) {
@@ -321,7 +350,7 @@ func aggOf(n *pg_query.Node) *pg_query.FuncCall {
 	if fc := n.GetFuncCall(); fc != nil && isAggCall(fc) {
 		return fc
 	}
-	if tc := n.GetTypeCast(); tc != nil {
+	if tc := n.GetTypeCast(); tc != nil && integerType(tc.TypeName) {
 		if fc := tc.Arg.GetFuncCall(); fc != nil && isAggCall(fc) {
 			if name, _ := funcName(fc); name == "count" {
 				return fc
@@ -329,6 +358,23 @@ func aggOf(n *pg_query.Node) *pg_query.FuncCall {
 		}
 	}
 	return nil
+}
+
+// integerType reports int2/int4/int8 by any of their names: a count cast
+// to one of them still adds up as a count.
+func integerType(t *pg_query.TypeName) bool {
+	if t == nil || len(t.Names) == 0 || len(t.ArrayBounds) > 0 {
+		return false
+	}
+	s := t.Names[len(t.Names)-1].GetString_()
+	if s == nil {
+		return false
+	}
+	switch s.Sval {
+	case "int2", "int4", "int8", "smallint", "integer", "int", "bigint":
+		return true
+	}
+	return false
 }
 
 // aggregates classifies the select list of a grouped fan-out.
@@ -476,15 +522,19 @@ func (b *mergeBuilder) groupBy() {
 			}
 		}
 		if col < 0 {
-			// PostgreSQL prefers an input column of that name; the
-			// router cannot see the table's columns and takes the
-			// select-list item named so, which is what the name means
-			// unless a column and an item share it with different values.
+			// PostgreSQL prefers an input column of that name over an
+			// output column; the router cannot see the table's columns,
+			// so a name that is also an output alias of something else
+			// is ambiguous here: refused rather than guessed.
 			if name, ok := bareName(g); ok {
 				for i, t := range b.targets {
-					if t.Name == name && aggOf(b.orig[i]) == nil {
+					if t.Name == name && !mentionsColumn(b.orig[i], name) && aggOf(b.orig[i]) == nil {
 						col = i
 						break
+					}
+					if t.Name == name {
+						b.fail("GROUP BY %s across shards is ambiguous: it names an output column and may also name an input column; GROUP BY the expression or its position instead", name)
+						return
 					}
 				}
 			}
@@ -756,6 +806,13 @@ func parseCount(n *pg_query.Node) (*plan.Count, bool) {
 	}
 	if v, ok := c.Val.(*pg_query.A_Const_Ival); ok {
 		return &plan.Count{Value: int64(v.Ival.Ival)}, true
+	}
+	// LIMIT '15': drivers that interpolate parameters client-side quote
+	// every value; PostgreSQL reads the string as a bigint.
+	if v, ok := c.Val.(*pg_query.A_Const_Sval); ok {
+		if n, err := strconv.ParseInt(strings.TrimSpace(v.Sval.Sval), 10, 64); err == nil {
+			return &plan.Count{Value: n}, true
+		}
 	}
 	return nil, false
 }

@@ -281,6 +281,9 @@ func ParseKeyType(name string) (KeyType, error) {
 }
 
 // String is the type's SQL name.
+// IsInteger reports smallint, integer and bigint keys.
+func (t KeyType) IsInteger() bool { return t.Kind.isInt() }
+
 func (t KeyType) String() string {
 	if t.Kind == Numeric && t.HasScale {
 		return fmt.Sprintf("numeric(%d,%d)", t.Precision, t.Scale)
