@@ -19,7 +19,7 @@ import (
 // see each other's shard maps, and returns its superuser DSN.
 func freshDB(t *testing.T) string {
 	t.Helper()
-	testDSN(t)
+	cluster := shared.Get(t)
 	name := "store_" + strings.ToLower(strings.NewReplacer("/", "_", "-", "_").Replace(t.Name()))
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, cluster.Primary("shard0").DSN("postgres"))
