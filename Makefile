@@ -6,7 +6,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # The suite starts real PostgreSQL servers; keep it well inside CI's budget.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build demo test test-short bench lint fuzz clean
+.PHONY: all build demo test test-short bench bench-go lint fuzz clean
 
 all: build
 
@@ -29,6 +29,11 @@ test-short:
 bench:
 	bash bench/run.sh
 
+# Go benchmarks of the per-statement work: planning (router cache hit and
+# miss on pgbench's statements), key hashing and location, merging.
+bench-go:
+	$(GO) test -short -run '^$$' -bench . -benchmem ./router ./shard ./merge
+
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
@@ -38,6 +43,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./wire -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseSessionSets -fuzztime $(FUZZTIME)
+	$(GO) test ./router -short -run '^$$' -fuzz FuzzAnalyze -fuzztime $(FUZZTIME)
+	$(GO) test ./merge -short -run '^$$' -fuzz FuzzAdd -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN)
