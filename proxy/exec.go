@@ -385,6 +385,13 @@ func (ss *session) execOp(o *op) error {
 	case o.tgt == tLocal:
 		return ss.execLocal(o, msg)
 	}
+	if ss.tx.open && (o.typ == 'Q' || o.typ == 'E') && isSessionControl(o.st) {
+		// SET and friends inside a transaction apply to every shard the
+		// transaction is open on, and to shards it reaches later.
+		if err := ss.spreadSetting(o); err != nil {
+			return err
+		}
+	}
 	if err := ss.toShard(o.tgt, o.implicit); err != nil {
 		return err
 	}
@@ -507,6 +514,9 @@ func (ss *session) join(s int) {
 	q := ss.tx.begin
 	if q == "" {
 		q = "BEGIN"
+	}
+	for _, set := range ss.tx.settings {
+		q += "; " + set
 	}
 	for _, sp := range ss.tx.savepoints {
 		q += "; SAVEPOINT " + quoteIdent(sp)
@@ -719,4 +729,37 @@ func (ss *session) planNormalized(o *op, q []byte) bool {
 		return true
 	}
 	return false
+}
+
+func isSessionControl(st *plan.Statement) bool {
+	return st != nil && st.Kind == plan.Local && st.Control != nil && st.Control.Kind == plan.Session
+}
+
+// spreadSetting runs a session-setting statement of an open transaction
+// on the transaction's other shards, before the client's own copy runs
+// on the target shard, and remembers it for shards joined later.
+func (ss *session) spreadSetting(o *op) error {
+	sql := o.sql
+	if o.typ == 'E' && o.info != nil {
+		sql = o.info.sql
+	}
+	if sql == "" {
+		return nil
+	}
+	ss.tx.settings = append(ss.tx.settings, sql)
+	others := ss.tx.joined
+	if o.tgt >= 0 {
+		others &^= 1 << uint(o.tgt)
+	}
+	if others == 0 {
+		return nil
+	}
+	if err := ss.endRun(); err != nil {
+		return err
+	}
+	e, err := ss.sendAll(others, func(int) string { return sql })
+	if e != nil {
+		ss.srv.log.Warn("setting on another shard of the transaction failed", "pid", ss.pid, "err", e)
+	}
+	return err
 }

@@ -598,6 +598,8 @@ func (ss *session) applySets(ops []setOp) {
 				sc.ForgetAllPrepared()
 			}
 		case o.all: // RESET ALL, DISCARD ALL
+			ss.forceShard, ss.forceShardIdx, ss.explainOn = "", -1, false
+			ss.target, ss.maxLag, ss.ryw = "", "", ""
 			if o.discard {
 				clear(ss.stmts)
 				if sc != nil {

@@ -26,6 +26,9 @@ type txn struct {
 	wrote    uint64 // shards it wrote on
 	// savepoints open now, oldest first, replayed on shards joined later.
 	savepoints []string
+	// settings are SET statements run in the transaction, replayed on
+	// shards joined later.
+	settings []string
 	// errsBefore is the session's error count when an implicit
 	// transaction began: any error since then rolls it back.
 	errsBefore int

@@ -179,6 +179,21 @@ func TestTransactionsAcrossShards(t *testing.T) {
 		t.Fatalf("sum after savepoint rollback = %d, want 3000", n)
 	}
 
+	// A setting made in the transaction holds on every shard it reaches,
+	// before and after the SET.
+	tx, _ = c.Begin(ctx)
+	mustTx(t, tx, "UPDATE accounts2pc SET balance = balance WHERE id = 1")
+	mustTx(t, tx, "SET LOCAL lock_timeout = '1234ms'")
+	for _, sh := range shardNames() {
+		var v string
+		if err := tx.QueryRow(ctx, "/* shardproxy: shard="+sh+" */ SELECT current_setting('lock_timeout')").Scan(&v); err != nil || v != "1234ms" {
+			t.Fatalf("lock_timeout on %s inside the transaction = %q, %v; want 1234ms", sh, v, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
 	// Nothing of ours stays prepared.
 	for _, n := range onShards(t, 3, "SELECT count(*) FROM pg_prepared_xacts") {
 		if n != 0 {

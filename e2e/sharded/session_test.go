@@ -57,6 +57,12 @@ func TestSessionSettings(t *testing.T) {
 	_, err = c.Exec(ctxT(t, 10*time.Second), "SET shardproxy.shard = 'nope'")
 	wantCode(t, err, "22023", "SET shardproxy.shard to an unknown shard")
 
+	// RESET ALL resets the proxy's settings too.
+	mustExec(t, c, "SET shardproxy.shard = 'shard1'")
+	mustExec(t, c, "RESET ALL")
+	if n := queryInt(t, c, "SELECT count(*) FROM items"); n != 90 {
+		t.Fatalf("count after RESET ALL = %d, want 90 (shardproxy.shard still set?)", n)
+	}
 	mustExec(t, c, "SET shardproxy.explain = on")
 	mu.Lock()
 	notices = nil
