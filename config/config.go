@@ -39,6 +39,16 @@ type Config struct {
 	Sharding Sharding `yaml:"sharding"`
 	// Metadata is where the proxy keeps durable state (shard map versions).
 	Metadata Metadata `yaml:"metadata"`
+	// Replicas configures reads from streaming replicas.
+	Replicas Replicas `yaml:"replicas"`
+}
+
+// Replicas configures how reads outside transactions use replicas.
+type Replicas struct {
+	// MaxLag is the staleness bound: a replica further behind its
+	// primary serves no reads (default 1s; per session:
+	// SET shardproxy.max_replica_lag).
+	MaxLag Duration `yaml:"max_lag"`
 }
 
 // Metadata locates the PostgreSQL database holding the proxy's durable
@@ -281,6 +291,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Pool.IdleTimeout == 0 {
 		c.Pool.IdleTimeout = Duration(5 * time.Minute)
+	}
+	if c.Replicas.MaxLag == 0 {
+		c.Replicas.MaxLag = Duration(time.Second)
 	}
 	if c.Pool.PreparedStatementCache == 0 {
 		c.Pool.PreparedStatementCache = 500

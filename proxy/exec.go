@@ -56,6 +56,92 @@ func (ss *session) planBatch() {
 		}
 	}
 	mark(len(ss.ops))
+	ss.readsToReplicas()
+}
+
+// readsToReplicas sends each complete read-only segment of the batch
+// that runs outside a transaction on one shard to one of that shard's
+// replicas, when one is healthy, lags within the bound and has replayed
+// the session's last write there.
+func (ss *session) readsToReplicas() {
+	if ss.srv.replicas == nil || ss.tx.open || ss.target == "primary" {
+		return
+	}
+	start := 0
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		if o.typ != 'S' && o.typ != 'Q' {
+			continue
+		}
+		seg := ss.ops[start : i+1]
+		start = i + 1
+		s, ok := readOnlySegment(seg)
+		if !ok {
+			continue
+		}
+		slot := ss.replicaSlot(s)
+		if slot < 0 {
+			continue
+		}
+		for k := range seg {
+			if seg[k].tgt == s {
+				seg[k].tgt = slot
+			}
+		}
+	}
+}
+
+// readOnlySegment reports whether every statement of seg is a plain read
+// on one shard, outside any transaction; it returns the shard.
+func readOnlySegment(seg []op) (int, bool) {
+	shard := -1
+	for k := range seg {
+		o := &seg[k]
+		if o.implicit || o.unit != nil || o.err != nil {
+			return -1, false
+		}
+		if o.st != nil && (o.typ == 'Q' || o.typ == 'B' || o.typ == 'E') {
+			if o.st.Write || o.st.Command != "SELECT" || o.st.Kind == plan.Local || o.st.Kind == plan.Refused {
+				return -1, false
+			}
+		}
+		if o.typ == 'F' {
+			return -1, false
+		}
+		if o.tgt >= 0 {
+			if shard >= 0 && o.tgt != shard {
+				return -1, false
+			}
+			shard = o.tgt
+		}
+	}
+	return shard, shard >= 0
+}
+
+// replicaSlot picks the replica slot for a read on shard s, or -1 for
+// the primary.
+func (ss *session) replicaSlot(s int) int {
+	slots := ss.srv.replicaSlots[s]
+	if len(slots) == 0 {
+		return -1
+	}
+	maxLag := ss.srv.cfg.Replicas.MaxLag.D()
+	if ss.maxLagD > 0 {
+		maxLag = ss.maxLagD
+	}
+	var minLSN uint64
+	if ss.ryw != "off" && ss.ryw != "false" && !ss.wroteAt[s].IsZero() {
+		lsn, ok := ss.srv.replicas.LSNAfter(s, ss.wroteAt[s])
+		if !ok {
+			return -1 // the write is too recent to know where it is
+		}
+		minLSN = lsn
+	}
+	r, ok := ss.srv.replicas.Pick(s, maxLag, minLSN)
+	if !ok || r < 0 || r >= len(slots) {
+		return -1
+	}
+	return slots[r]
 }
 
 func bitsCount(m uint64) int {
@@ -404,8 +490,12 @@ func (ss *session) execOp(o *op) error {
 		}
 		return nil
 	}
-	if o.st != nil && o.st.Write && (ss.tx.open || ss.tx.implicit) {
-		ss.tx.wrote |= 1 << uint(ss.cur)
+	if o.st != nil && o.st.Write {
+		if ss.tx.open || ss.tx.implicit {
+			ss.tx.wrote |= 1 << uint(ss.cur)
+		} else {
+			ss.batchWrote |= 1 << uint(ss.cur)
+		}
 	}
 	if (o.typ == 'B' || (o.typ == 'D' && msg[5] == 'S')) && o.stmt == nil && o.info != nil {
 		// An unnamed statement is parsed on the server that runs it.
@@ -490,6 +580,7 @@ func (ss *session) toShard(s int, implicit bool) error {
 		}
 		ss.conns[s] = sc
 		ss.held++
+		ss.countReplica(s, true)
 	}
 	ss.sc = sc
 	ss.cur = s
@@ -762,4 +853,18 @@ func (ss *session) spreadSetting(o *op) error {
 		ss.srv.log.Warn("setting on another shard of the transaction failed", "pid", ss.pid, "err", e)
 	}
 	return err
+}
+
+// countReplica tells the replica picker a replica slot's connection was
+// taken (or given back): its outstanding queries, for least-busy picks.
+func (ss *session) countReplica(slot int, taken bool) {
+	if slot < len(ss.srv.primaries) || ss.srv.replicas == nil {
+		return
+	}
+	shard, r := ss.srv.slotShard[slot], ss.srv.slotReplica[slot]
+	if taken {
+		ss.srv.replicas.Acquired(shard, r)
+	} else {
+		ss.srv.replicas.Released(shard, r)
+	}
 }

@@ -244,13 +244,15 @@ func (ss *session) setProxy(name, value string, reset bool) *wire.Error {
 				WithHint("Use auto, primary or replica.")
 		}
 	case "max_replica_lag":
+		var d time.Duration
 		if value != "" {
-			if _, err := time.ParseDuration(value); err != nil {
+			var err error
+			if d, err = time.ParseDuration(value); err != nil || d < 0 {
 				return wire.Errorf(wire.CodeInvalidParameterValue, "invalid value for parameter \"shardproxy.max_replica_lag\": %q", value).
 					WithHint("Use a duration such as '500ms' or '2s'.")
 			}
 		}
-		ss.maxLag = value
+		ss.maxLag, ss.maxLagD = value, d
 	case "read_your_writes":
 		switch strings.ToLower(value) {
 		case "", "on", "off", "true", "false":

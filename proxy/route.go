@@ -263,7 +263,7 @@ func (ss *session) explainRoute(st *plan.Statement, tgt int, shards []int) strin
 	var where string
 	switch {
 	case tgt >= 0:
-		where = ss.srv.shardNames[tgt]
+		where = ss.srv.slotNames[tgt]
 	case tgt == tMulti:
 		names := make([]string, len(shards))
 		for i, s := range shards {
@@ -273,7 +273,11 @@ func (ss *session) explainRoute(st *plan.Statement, tgt int, shards []int) strin
 	default:
 		where = "proxy"
 	}
-	return fmt.Sprintf("route: %s primary %s", where, router.Describe(st))
+	role := "primary"
+	if tgt >= len(ss.srv.primaries) {
+		role = "replica"
+	}
+	return fmt.Sprintf("route: %s %s %s", where, role, router.Describe(st))
 }
 
 // locateKey is Locate, plus what PostgreSQL does with a numeric constant

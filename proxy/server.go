@@ -59,6 +59,23 @@ type Options struct {
 	// ShardMap is the shard map to start with (the stored version); built
 	// from cfg when nil.
 	ShardMap *shard.Map
+	// Replicas picks the replica that serves a read outside a
+	// transaction; without it every read goes to the primary.
+	Replicas ReplicaPicker
+}
+
+// ReplicaPicker chooses replicas for reads from their measured health and
+// lag (package replica). Replicas are numbered per shard in config order.
+type ReplicaPicker interface {
+	// Pick returns a healthy replica of shard whose lag is within maxLag
+	// (0: any) and that has replayed minLSN.
+	Pick(shard int, maxLag time.Duration, minLSN uint64) (replica int, ok bool)
+	// LSNAfter is the primary's WAL position first seen after t: a write
+	// committed before t is at or before it.
+	LSNAfter(shard int, t time.Time) (lsn uint64, ok bool)
+	// Acquired and Released count a replica's outstanding queries.
+	Acquired(shard, replica int)
+	Released(shard, replica int)
 }
 
 // routerSchema tells the router which tables are sharded and replicated.
@@ -94,6 +111,14 @@ type Server struct {
 	verifiers *auth.Verifiers
 	primary   *pool.Node   // default shard primary: logins are checked here
 	primaries []*pool.Node // by shard index, in config order
+	// nodes are the connection slots of a session: the primaries (slot =
+	// shard index), then every shard's replicas.
+	nodes        []*pool.Node
+	slotNames    []string // "shard0", "shard0/replica1", ...
+	replicaSlots [][]int  // by shard: the slots of its replicas, in config order
+	slotShard    []int    // by slot: its shard
+	slotReplica  []int    // by slot: its replica number in the shard (-1: primary)
+	replicas     ReplicaPicker
 	stmts     *stmtRegistry
 	logins    loginCache
 
@@ -152,6 +177,36 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		}
 	}
 	s.primary = s.primaries[s.defShard]
+	s.nodes = append(s.nodes, s.primaries...)
+	s.slotNames = append(s.slotNames, s.shardNames...)
+	s.replicaSlots = make([][]int, len(cfg.Shards))
+	for i, sh := range cfg.Shards {
+		for j, dsn := range sh.Replicas {
+			pc, err := pgconn.ParseConfig(dsn)
+			if err != nil {
+				return nil, fmt.Errorf("shard %s: replica %d DSN: %w", sh.Name, j+1, err)
+			}
+			s.replicaSlots[i] = append(s.replicaSlots[i], len(s.nodes))
+			s.nodes = append(s.nodes, &pool.Node{Shard: sh.Name, Role: "replica", Config: pc})
+			s.slotNames = append(s.slotNames, fmt.Sprintf("%s/replica%d", sh.Name, j+1))
+		}
+	}
+	for i := range s.nodes {
+		if i < len(s.primaries) {
+			s.slotShard = append(s.slotShard, i)
+			s.slotReplica = append(s.slotReplica, -1)
+		}
+	}
+	for shard, slots := range s.replicaSlots {
+		for r := range slots {
+			s.slotShard = append(s.slotShard, shard)
+			s.slotReplica = append(s.slotReplica, r)
+		}
+	}
+	if len(s.nodes) > 64 {
+		return nil, fmt.Errorf("%d primaries and replicas: at most 64 are supported", len(s.nodes))
+	}
+	s.replicas = opts.Replicas
 	m := opts.ShardMap
 	if m == nil {
 		var err error

@@ -94,6 +94,12 @@ type session struct {
 	tx      txn
 	segMask uint64 // shards the current segment (up to Sync) used
 
+	// Read-your-writes: when the session last wrote on each shard (a
+	// commit), and the shards written by the batch being run outside a
+	// transaction.
+	wroteAt    []time.Time
+	batchWrote uint64
+
 	// Statement and portal routing state.
 	unnamed       *stmtInfo
 	unnamedSent   *stmtInfo // the unnamed statement last parsed on a server
@@ -115,6 +121,7 @@ type session struct {
 	explainOn     bool
 	target        string
 	maxLag        string
+	maxLagD       time.Duration
 	ryw           string
 
 	// sc is the attached server connection (nil between transactions in
@@ -418,6 +425,10 @@ func (ss *session) flushBatch() error {
 		}
 		return ss.serverLost(err)
 	}
+	if ss.batchWrote != 0 {
+		ss.noteWrites(ss.batchWrote)
+		ss.batchWrote = 0
+	}
 	if err := ss.w.Flush(); err != nil {
 		return clientError{err}
 	}
@@ -435,7 +446,7 @@ func (ss *session) releaseAll() {
 			continue
 		}
 		if sc.TxStatus != 'I' {
-			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "shard", ss.srv.shardNames[s], "server_status", string(sc.TxStatus))
+			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "node", ss.srv.slotNames[s], "server_status", string(sc.TxStatus))
 		}
 		ss.useConn(s)
 		ss.detach(false)
@@ -507,7 +518,7 @@ func (ss *session) serverLost(err error) error {
 	if ss.sc != nil {
 		addr = ss.sc.Addr()
 		if ss.cur >= 0 {
-			shard = ss.srv.shardNames[ss.cur]
+			shard = ss.srv.slotNames[ss.cur]
 		}
 	}
 	ss.serverFailed = true
@@ -537,6 +548,7 @@ func (ss *session) detach(broken bool) {
 	if ss.cur >= 0 && ss.conns[ss.cur] == sc {
 		ss.conns[ss.cur] = nil
 		ss.held--
+		ss.countReplica(ss.cur, false)
 		ss.tx.joined &^= 1 << uint(ss.cur)
 		if ss.unnamedOn == ss.cur+1 {
 			ss.unnamedOn = 0
@@ -599,7 +611,7 @@ func (ss *session) applySets(ops []setOp) {
 			}
 		case o.all: // RESET ALL, DISCARD ALL
 			ss.forceShard, ss.forceShardIdx, ss.explainOn = "", -1, false
-			ss.target, ss.maxLag, ss.ryw = "", "", ""
+			ss.target, ss.maxLag, ss.maxLagD, ss.ryw = "", "", 0, ""
 			if o.discard {
 				clear(ss.stmts)
 				if sc != nil {
@@ -641,5 +653,17 @@ func (ss *session) applySets(ops []setOp) {
 func (s *Server) countQuery() {
 	if s.hooks.Query != nil {
 		s.hooks.Query()
+	}
+}
+
+// noteWrites records that the session's writes on the shards in mask
+// have committed now: its later reads there need a replica that has
+// replayed them.
+func (ss *session) noteWrites(mask uint64) {
+	now := time.Now()
+	for s := range ss.wroteAt {
+		if mask&(1<<uint(s)) != 0 {
+			ss.wroteAt[s] = now
+		}
 	}
 }

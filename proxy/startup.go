@@ -209,12 +209,13 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	if u.ServerUser != "" {
 		serverUser, serverPass = u.ServerUser, u.ServerPassword
 	}
-	ss.pools = make([]*pool.Pool, len(s.primaries))
-	for i, n := range s.primaries {
+	ss.pools = make([]*pool.Pool, len(s.nodes))
+	for i, n := range s.nodes {
 		ss.pools[i] = s.pools.Get(n, serverUser, serverPass, db)
 	}
 	ss.pool = ss.pools[s.defShard]
-	ss.conns = make([]*pool.Conn, len(s.primaries))
+	ss.conns = make([]*pool.Conn, len(s.nodes))
+	ss.wroteAt = make([]time.Time, len(s.primaries))
 	ss.cur, ss.forceShardIdx = -1, -1
 	ss.unnamedInfos = map[string]*stmtInfo{}
 	ss.queries = map[string][]router.Part{}

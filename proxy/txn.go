@@ -80,7 +80,7 @@ func (ss *session) sendAll(mask uint64, sql func(s int) string) (*wire.Error, er
 // onShard names the shard an error came from.
 func (ss *session) onShard(e *wire.Error, s int) *wire.Error {
 	c := *e
-	d := "on shard " + ss.srv.shardNames[s]
+	d := "on shard " + ss.srv.slotNames[s]
 	if c.Detail != "" {
 		d = c.Detail + " (" + d + ")"
 	}
@@ -117,6 +117,7 @@ func (ss *session) commitAll() (*wire.Error, error) {
 	if joined == 0 {
 		return nil, nil
 	}
+	defer ss.noteWrites(wrote)
 	if bitsCount(wrote) <= 1 {
 		return ss.sendAll(joined, func(int) string { return "COMMIT" })
 	}
