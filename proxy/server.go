@@ -119,8 +119,8 @@ type Server struct {
 	slotShard    []int    // by slot: its shard
 	slotReplica  []int    // by slot: its replica number in the shard (-1: primary)
 	replicas     ReplicaPicker
-	stmts     *stmtRegistry
-	logins    loginCache
+	stmts        *stmtRegistry
+	logins       loginCache
 
 	// Sharding: shard names by index, the router, the current shard map
 	// (swapped whole when a new version arrives) and the 2PC coordinator.
