@@ -81,7 +81,8 @@ func proxyLogger() *slog.Logger {
 
 // proxyOpts are extra knobs for startProxy beyond the config file.
 type proxyOpts struct {
-	tls *tls.Config
+	tls      *tls.Config
+	replicas proxy.ReplicaPicker
 }
 
 // startProxy starts an in-process proxy in front of the shared cluster.
@@ -115,7 +116,7 @@ func startProxyOpts(t testing.TB, po proxyOpts, tweak func(*config.Config)) *pro
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("proxy config: %v", err)
 	}
-	srv, err := proxy.New(cfg, proxy.Options{TLS: po.tls, Logger: proxyLogger()})
+	srv, err := proxy.New(cfg, proxy.Options{TLS: po.tls, Logger: proxyLogger(), Replicas: po.replicas})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

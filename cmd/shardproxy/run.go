@@ -17,6 +17,7 @@ import (
 	"github.com/shardproxy/shardproxy/metrics"
 	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/proxy"
+	"github.com/shardproxy/shardproxy/replica"
 	"github.com/shardproxy/shardproxy/shard"
 	"github.com/shardproxy/shardproxy/twophase"
 )
@@ -76,7 +77,16 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if store != nil {
 		defer store.Close()
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap})
+	mon, err := startReplicaMonitor(cfg, log)
+	if err != nil {
+		return err
+	}
+	var picker proxy.ReplicaPicker
+	if mon != nil {
+		defer mon.Close()
+		picker = mon.ReplicaView()
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: picker})
 	if err != nil {
 		return err
 	}
@@ -262,4 +272,29 @@ func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv 
 	if err != nil && ctx.Err() == nil {
 		log.Warn("shard map watch stopped", "err", err)
 	}
+}
+
+// startReplicaMonitor probes every primary and replica (health, WAL
+// positions, lag) when some shard has replicas, so reads outside
+// transactions can go to replicas within the lag bound.
+func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor, error) {
+	rc := replica.Config{Logger: log}
+	any := false
+	for _, sh := range cfg.Shards {
+		sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary}}
+		for _, r := range sh.Replicas {
+			sc.Replicas = append(sc.Replicas, replica.NodeConfig{DSN: r})
+			any = true
+		}
+		rc.Shards = append(rc.Shards, sc)
+	}
+	if !any {
+		return nil, nil
+	}
+	m, err := replica.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("replica monitor: %w", err)
+	}
+	m.Start()
+	return m, nil
 }
