@@ -29,6 +29,12 @@ type NodeStatus struct {
 	Addr    string `json:"addr"`
 	Role    string `json:"role"`
 	Healthy bool   `json:"healthy"`
+	// Measured by the replica monitor, when one runs.
+	LagBytes    *uint64  `json:"lag_bytes,omitempty"`
+	LagSeconds  *float64 `json:"lag_seconds,omitempty"`
+	Outstanding int64    `json:"outstanding_queries,omitempty"`
+	Served      uint64   `json:"reads_served,omitempty"`
+	LastError   string   `json:"last_error,omitempty"`
 }
 
 // PoolStatus is one backend pool. Its fields match metrics.PoolStats one

@@ -196,11 +196,18 @@ func TestDev(t *testing.T) {
 	if len(st.Shards) != 2 || st.Listen != listen {
 		t.Errorf("status: %+v", st)
 	}
+	// The replica monitor reports every node healthy with its lag.
+	for _, sh := range st.Shards {
+		if !sh.Primary.Healthy || sh.Primary.Role != "primary" || len(sh.Replicas) != 1 ||
+			!sh.Replicas[0].Healthy || sh.Replicas[0].Role != "replica" || sh.Replicas[0].LagBytes == nil {
+			t.Errorf("status of shard %s: primary %+v replicas %+v", sh.Name, sh.Primary, sh.Replicas)
+		}
+	}
 	metrics, err := (&admin.Client{Addr: adminAddr}).Get(ctx, "/metrics")
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
 	}
-	for _, series := range []string{"shardproxy_queries_total", "shardproxy_client_connections_total", "shardproxy_pool_server_connections{"} {
+	for _, series := range []string{"shardproxy_queries_total", "shardproxy_client_connections_total", "shardproxy_pool_server_connections{", "shardproxy_node_up{"} {
 		if !metricPositive(string(metrics), series) {
 			t.Errorf("/metrics: %s missing or zero after psql sessions", series)
 		}

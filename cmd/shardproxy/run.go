@@ -81,12 +81,8 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if err != nil {
 		return err
 	}
-	var picker proxy.ReplicaPicker
-	if mon != nil {
-		defer mon.Close()
-		picker = mon.ReplicaView()
-	}
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: picker})
+	defer mon.Close()
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: mon.ReplicaView()})
 	if err != nil {
 		return err
 	}
@@ -100,6 +96,7 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	}
 	started := time.Now()
 	m.RegisterPoolCollector(func() []metrics.PoolStats { return poolStats(pools) })
+	m.RegisterNodeCollector(func() []metrics.NodeStats { return nodeStats(mon) })
 	adm := admin.NewServer(admin.Options{
 		Listen:   cfg.Admin.Listen,
 		Token:    cfg.Admin.Token,
@@ -110,10 +107,14 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 				Version: version, StartedAt: started, Listen: srv.Addr(), PoolMode: cfg.Pool.Mode,
 				ClientConnections: srv.ClientCount(),
 			}
-			for _, sh := range cfg.Shards {
-				ss := admin.ShardStatus{Name: sh.Name, Primary: admin.NodeStatus{Addr: dsnAddr(sh.Primary), Role: "primary", Healthy: true}}
-				for _, r := range sh.Replicas {
-					ss.Replicas = append(ss.Replicas, admin.NodeStatus{Addr: dsnAddr(r), Role: "replica", Healthy: true})
+			for _, sh := range mon.States() {
+				ss := admin.ShardStatus{Name: sh.Name}
+				for i, n := range sh.Nodes {
+					if i == 0 {
+						ss.Primary = nodeStatus(n)
+					} else {
+						ss.Replicas = append(ss.Replicas, nodeStatus(n))
+					}
 				}
 				st.Shards = append(st.Shards, ss)
 			}
@@ -275,21 +276,16 @@ func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv 
 }
 
 // startReplicaMonitor probes every primary and replica (health, WAL
-// positions, lag) when some shard has replicas, so reads outside
-// transactions can go to replicas within the lag bound.
+// positions, lag), so reads outside transactions can go to replicas
+// within the lag bound and the admin API reports real node health.
 func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor, error) {
 	rc := replica.Config{Logger: log}
-	any := false
 	for _, sh := range cfg.Shards {
-		sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary}}
+		sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary, Addr: dsnAddr(sh.Primary)}}
 		for _, r := range sh.Replicas {
-			sc.Replicas = append(sc.Replicas, replica.NodeConfig{DSN: r})
-			any = true
+			sc.Replicas = append(sc.Replicas, replica.NodeConfig{DSN: r, Addr: dsnAddr(r)})
 		}
 		rc.Shards = append(rc.Shards, sc)
-	}
-	if !any {
-		return nil, nil
 	}
 	m, err := replica.New(rc)
 	if err != nil {
@@ -297,4 +293,30 @@ func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor
 	}
 	m.Start()
 	return m, nil
+}
+
+// nodeStatus renders a monitored node for /api/v1/status.
+func nodeStatus(n replica.NodeState) admin.NodeStatus {
+	ns := admin.NodeStatus{Addr: n.Addr, Role: n.Role, Healthy: n.Healthy, Outstanding: n.Outstanding, Served: n.Served, LastError: n.LastError}
+	if n.Role == "replica" {
+		lag := n.LagBytes
+		ns.LagBytes, ns.LagSeconds = &lag, n.LagSeconds
+	}
+	return ns
+}
+
+// nodeStats lists every monitored node for the metrics.
+func nodeStats(mon *replica.Monitor) []metrics.NodeStats {
+	var out []metrics.NodeStats
+	for _, sh := range mon.States() {
+		for _, n := range sh.Nodes {
+			lag := -1.0
+			if n.LagSeconds != nil {
+				lag = *n.LagSeconds
+			}
+			out = append(out, metrics.NodeStats{Shard: sh.Name, Node: n.Addr, Role: n.Role, Healthy: n.Healthy,
+				LagBytes: n.LagBytes, LagSeconds: lag, Outstanding: n.Outstanding, Served: n.Served})
+		}
+	}
+	return out
 }
