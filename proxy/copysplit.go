@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -103,7 +104,7 @@ func (ss *session) copySplit(u *unit, implicit bool) error {
 		ss.sendError(g.err)
 		ss.markFailed()
 	default:
-		ss.w.Append(encode(&pgproto3.CommandComplete{CommandTag: []byte("COPY " + itoa(g.count))}))
+		ss.w.Append(encode(&pgproto3.CommandComplete{CommandTag: []byte("COPY " + strconv.FormatInt(g.count, 10))}))
 	}
 	return nil
 }
@@ -287,28 +288,6 @@ func (ss *session) queryText(s int, sql string) ([][]string, *wire.Error, error)
 			return rows, e, nil
 		}
 	}
-}
-
-func itoa(n int64) string {
-	return string(appendInt(nil, n))
-}
-
-func appendInt(b []byte, n int64) []byte {
-	if n < 0 {
-		b = append(b, '-')
-		n = -n
-	}
-	var tmp [20]byte
-	i := len(tmp)
-	for {
-		i--
-		tmp[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			break
-		}
-	}
-	return append(b, tmp[i:]...)
 }
 
 // copySplitter cuts a COPY data stream into rows and finds each row's key.
