@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/shardproxy/shardproxy/plan"
+	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
@@ -566,10 +567,17 @@ func (ss *session) toShard(s int, implicit bool) error {
 	}
 	sc := ss.conns[s]
 	if sc == nil {
+		p, e := ss.poolFor(s)
+		if e != nil {
+			ss.sendError(e)
+			ss.sc = nil
+			ss.cur = -1
+			return nil
+		}
 		var err error
-		sc, err = ss.pools[s].Acquire(context.Background())
+		sc, err = p.Acquire(context.Background())
 		if err != nil {
-			e := wire.FromServer(err, fmt.Sprintf("connect to %s %s %s", ss.pools[s].Shard, ss.pools[s].Role, ss.pools[s].Key.Node))
+			e := wire.FromServer(err, fmt.Sprintf("connect to %s %s %s", p.Shard, p.Role, p.Key.Node))
 			if e.Severity == "FATAL" {
 				e.Severity = "ERROR"
 			}
@@ -867,4 +875,25 @@ func (ss *session) countReplica(slot int, taken bool) {
 	} else {
 		ss.srv.replicas.Released(shard, r)
 	}
+}
+
+// poolFor is the pool of connection slot s. A primary slot follows the
+// replica monitor: a primary it sees down fails at once (rather than
+// after a connect timeout), and after a promotion the slot's connections
+// go to the promoted replica.
+func (ss *session) poolFor(s int) (*pool.Pool, *wire.Error) {
+	if s >= len(ss.srv.primaries) || ss.srv.replicas == nil {
+		return ss.pools[s], nil
+	}
+	r, known, healthy := ss.srv.replicas.Primary(s)
+	switch {
+	case !known:
+		return ss.pools[s], nil // not probed yet: try the configured one
+	case !healthy:
+		return nil, wire.Errorf(wire.CodeConnectionFailure, "the primary of shard %s is not reachable", ss.srv.shardNames[s]).
+			WithHint("Writes and transactions on this shard fail until the primary is back or a replica is promoted; reads outside transactions are served by replicas.")
+	case r >= 0 && r < len(ss.srv.replicaSlots[s]):
+		return ss.pools[ss.srv.replicaSlots[s][r]], nil
+	}
+	return ss.pools[s], nil
 }

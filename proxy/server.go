@@ -76,6 +76,11 @@ type ReplicaPicker interface {
 	// Acquired and Released count a replica's outstanding queries.
 	Acquired(shard, replica int)
 	Released(shard, replica int)
+	// Primary is where the shard's writes go: replica -1 for the
+	// configured primary, else the replica the probes saw promoted;
+	// known is false until a node was seen out of recovery, healthy
+	// false when that node is down.
+	Primary(shard int) (replica int, known, healthy bool)
 }
 
 // routerSchema tells the router which tables are sharded and replicated.

@@ -24,3 +24,14 @@ func (v ReplicaView) Acquired(shard, r int) { v.m.Acquire(shard, r+1) }
 
 // Released ends what Acquired counted.
 func (v ReplicaView) Released(shard, r int) { v.m.Release(shard, r+1) }
+
+// Primary reports where the shard's writes go: replica -1 for the
+// configured primary, or the number of the replica the probes saw
+// promoted; known is false until some node was seen out of recovery.
+func (v ReplicaView) Primary(shard int) (replica int, known, healthy bool) {
+	n, ok := v.m.Primary(shard)
+	if n < 0 {
+		return -1, false, false
+	}
+	return n - 1, true, ok
+}
