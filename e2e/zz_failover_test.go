@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/localcluster"
 	"github.com/shardproxy/shardproxy/proxy"
@@ -94,5 +96,149 @@ func TestPrimaryFailover(t *testing.T) {
 	}
 	if err := c.QueryRow(ctxT(t, 10*time.Second), "SELECT v FROM failover WHERE id = 1").Scan(&v); err != nil || v != 2 {
 		t.Fatalf("read after failover: %d, %v", v, err)
+	}
+}
+
+// TestReplicaSpread: with two healthy replicas, 16 clients of reads
+// outside transactions are shared between them (each 35-65%) and the
+// primary serves almost none (it is used only when no replica qualifies).
+func TestReplicaSpread(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own PostgreSQL cluster")
+	}
+	cl := localcluster.StartForTest(t, localcluster.Options{Shards: 1, Replicas: 2})
+	pri, reps := cl.Primary("shard0"), cl.Replicas("shard0")
+	rc := replica.ShardConfig{Name: "shard0", Primary: replica.NodeConfig{DSN: pri.DSN(localcluster.AppDatabase)}}
+	var repDSNs []string
+	for _, r := range reps {
+		rc.Replicas = append(rc.Replicas, replica.NodeConfig{DSN: r.DSN(localcluster.AppDatabase)})
+		repDSNs = append(repDSNs, r.DSN(localcluster.AppDatabase))
+	}
+	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{rc}, Logger: proxyLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon.Start()
+	t.Cleanup(func() { _ = mon.Close() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		st := mon.States()[0]
+		if len(st.Nodes) == 3 && st.Nodes[1].Healthy && st.Nodes[2].Healthy && st.Nodes[1].LagSeconds != nil && st.Nodes[2].LagSeconds != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas not ready: %+v", mon.States())
+		}
+	}
+	cfg := &config.Config{
+		Listen: "127.0.0.1:0",
+		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
+		Shards: []config.Shard{{Name: "shard0", Primary: pri.DSN(localcluster.AppDatabase), Replicas: repDSNs}},
+	}
+	cfg.SetDefaults()
+	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	const clients, reads = 16, 250
+	conns := make([]*pgx.Conn, clients)
+	for i := range conns {
+		conns[i] = connect(t, srv)
+		mustExec(t, conns[i], "SET shardproxy.max_replica_lag = '200ms'")
+	}
+	// readAll runs n reads on each client and counts them by server port.
+	readAll := func(n int) map[int32]int {
+		counts := make(chan map[int32]int, clients)
+		for _, c := range conns {
+			go func() {
+				m := map[int32]int{}
+				for j := 0; j < n; j++ {
+					var p int32
+					if err := c.QueryRow(context.Background(), "SELECT inet_server_port()").Scan(&p); err != nil {
+						t.Error(err)
+						break
+					}
+					m[p]++
+				}
+				counts <- m
+			}()
+		}
+		total := map[int32]int{}
+		for range conns {
+			for p, k := range <-counts {
+				total[p] += k
+			}
+		}
+		return total
+	}
+	total := readAll(reads)
+	all := clients * reads
+	share := func(port int) float64 { return float64(total[int32(port)]) / float64(all) }
+	t.Logf("reads by node: primary %.1f%%, replica1 %.1f%%, replica2 %.1f%%", 100*share(pri.Port), 100*share(reps[0].Port), 100*share(reps[1].Port))
+	if share(pri.Port) >= 0.05 {
+		t.Errorf("the primary served %.1f%% of reads, want under 5%%", 100*share(pri.Port))
+	}
+	for _, r := range reps {
+		if s := share(r.Port); s < 0.35 || s > 0.65 {
+			t.Errorf("replica on port %d served %.1f%% of reads, want 35-65%%", r.Port, 100*s)
+		}
+	}
+
+	// Pause replay on replica 1 while writes continue on the primary:
+	// once its lag passes the bound (200 ms) it serves no reads; resumed,
+	// it is back in rotation within a second of catching up.
+	direct := connectCfg(t, connCfg(t, pri.DSN(localcluster.AppDatabase)))
+	mustExec(t, direct, "CREATE TABLE spread_writes (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			_, _ = direct.Exec(context.Background(), "INSERT INTO spread_writes DEFAULT VALUES")
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	paused := connectCfg(t, connCfg(t, reps[0].DSN(localcluster.AppDatabase)))
+	mustExec(t, paused, "SELECT pg_wal_replay_pause()")
+	lagOf := func() float64 {
+		n := mon.States()[0].Nodes[1]
+		if n.LagSeconds == nil {
+			return 0
+		}
+		return *n.LagSeconds
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for lagOf() <= 0.2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("paused replica's lag never passed 200 ms: %+v", mon.States())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	if n := readAll(10000 / clients)[int32(reps[0].Port)]; n != 0 {
+		t.Errorf("%d of 10000 reads went to the replica whose replay is paused", n)
+	}
+	mustExec(t, paused, "SELECT pg_wal_replay_resume()")
+	for deadline := time.Now().Add(10 * time.Second); lagOf() > 0.2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("resumed replica did not catch up: %+v", mon.States())
+		}
+	}
+	time.Sleep(time.Second)
+	if n := readAll(50)[int32(reps[0].Port)]; n == 0 {
+		t.Error("the resumed replica is not back in rotation a second after catching up")
 	}
 }
