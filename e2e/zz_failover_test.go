@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,5 +243,73 @@ func TestReplicaSpread(t *testing.T) {
 	time.Sleep(time.Second)
 	if n := readAll(50)[int32(reps[0].Port)]; n == 0 {
 		t.Error("the resumed replica is not back in rotation a second after catching up")
+	}
+}
+
+// TestReplicaKilledUnderLoad: kill -9 one of two replicas while 16
+// pgbench -S clients read through the proxy: reads in flight on it are
+// run again on the primary, so pgbench sees no failed transaction and no
+// client aborts.
+func TestReplicaKilledUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own PostgreSQL cluster")
+	}
+	cl := localcluster.StartForTest(t, localcluster.Options{Shards: 1, Replicas: 2})
+	pri, reps := cl.Primary("shard0"), cl.Replicas("shard0")
+	init := exec.Command("/usr/bin/pgbench", "-i", "-q", "-s", "1", "-h", pri.Host, "-p", strconv.Itoa(pri.Port), "-U", "app", "app")
+	init.Env = cliEnv()
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	rc := replica.ShardConfig{Name: "shard0", Primary: replica.NodeConfig{DSN: pri.DSN(localcluster.AppDatabase)}}
+	var repDSNs []string
+	for _, r := range reps {
+		if err := r.WaitStreaming(ctxT(t, 30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		rc.Replicas = append(rc.Replicas, replica.NodeConfig{DSN: r.DSN(localcluster.AppDatabase)})
+		repDSNs = append(repDSNs, r.DSN(localcluster.AppDatabase))
+	}
+	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{rc}, Logger: proxyLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon.Start()
+	t.Cleanup(func() { _ = mon.Close() })
+	time.Sleep(time.Second)
+	cfg := &config.Config{
+		Listen: "127.0.0.1:0",
+		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
+		Shards: []config.Shard{{Name: "shard0", Primary: pri.DSN(localcluster.AppDatabase), Replicas: repDSNs}},
+	}
+	cfg.SetDefaults()
+	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	for _, mode := range []string{"simple", "prepared"} {
+		victim := reps[0]
+		if mode == "prepared" {
+			victim = reps[1]
+		}
+		timer := time.AfterFunc(2*time.Second, func() { _ = victim.Kill() })
+		out, err := runToolErr(t, time.Minute, srv, "app", "pgbench", "-n", "-S", "-M", mode, "-c", "16", "-j", "2", "-T", "5")
+		timer.Stop()
+		if err != nil || strings.Contains(out, "aborted") {
+			t.Fatalf("pgbench -M %s with a replica killed: %v\n%s", mode, err, out)
+		}
+		if m := reFailed.FindStringSubmatch(out); m == nil || m[1] != "0" {
+			t.Fatalf("pgbench -M %s: failed transactions:\n%s", mode, out)
+		}
+		t.Logf("pgbench -S -M %s, replica killed after 2 s: %s", mode, strings.TrimSpace(reTPS.FindString(out)))
 	}
 }

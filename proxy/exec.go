@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 
@@ -414,17 +415,66 @@ func (ss *session) planQuery(o *op, msg []byte) {
 }
 
 // execBatch sends every op to its target and relays the answers.
+//
+// A read-only segment sent to a replica that dies before the client got
+// any of its answer runs again on the primary: the client sees no error
+// (a replica failing is the proxy's business, not the application's).
 func (ss *session) execBatch() error {
-	for i := range ss.ops {
+	segStart, retried := 0, false
+	flushes, buffered := ss.w.Flushes(), ss.w.Len()
+	slot := -1 // the replica the current segment reads from
+	for i := 0; i < len(ss.ops); i++ {
 		o := &ss.ops[i]
+		if i == segStart {
+			flushes, buffered, slot = ss.w.Flushes(), ss.w.Len(), -1
+		}
 		if ss.skipToSync && o.typ != 'S' {
 			continue
 		}
-		if err := ss.execOp(o); err != nil {
+		if o.tgt >= len(ss.srv.primaries) {
+			slot = o.tgt
+		}
+		err := ss.execOp(o)
+		onReplica := slot >= 0
+		if err == nil && onReplica && (o.typ == 'S' || o.typ == 'Q') {
+			err = ss.endRun()
+		}
+		if err != nil {
+			var ce clientError
+			var de *desyncError
+			var rd replicaDown
+			down := errors.As(err, &rd)
+			if !retried && onReplica && !errors.As(err, &ce) && !errors.As(err, &de) && ss.w.Flushes() == flushes &&
+				(down || (ss.sc != nil && ss.cur == slot)) {
+				ss.srv.log.Warn("replica failed during a read; running it on the primary", "pid", ss.pid, "node", ss.srv.slotNames[slot], "err", err)
+				if !down {
+					ss.dropFailed()
+				}
+				ss.w.Truncate(buffered)
+				for k := segStart; k < len(ss.ops); k++ {
+					if ss.ops[k].tgt == slot {
+						ss.ops[k].tgt = ss.srv.slotShard[slot]
+					}
+				}
+				ss.segMask = 0
+				retried = true
+				i = segStart - 1
+				continue
+			}
 			return err
+		}
+		if o.typ == 'S' || o.typ == 'Q' {
+			segStart, retried = i+1, false
 		}
 	}
 	return ss.endRun()
+}
+
+// dropFailed closes the current server connection after an I/O error,
+// forgetting what it owed.
+func (ss *session) dropFailed() {
+	ss.serverFailed = false
+	ss.detach(true)
 }
 
 func (ss *session) execOp(o *op) error {
@@ -576,6 +626,11 @@ func (ss *session) toShard(s int, implicit bool) error {
 		}
 		var err error
 		sc, err = p.Acquire(context.Background())
+		if err != nil && s >= len(ss.srv.primaries) {
+			// A replica that cannot be reached: the caller runs the
+			// read on the primary instead.
+			return replicaDown{err}
+		}
 		if err != nil {
 			e := wire.FromServer(err, fmt.Sprintf("connect to %s %s %s", p.Shard, p.Role, p.Key.Node))
 			if e.Severity == "FATAL" {
@@ -897,3 +952,15 @@ func (ss *session) poolFor(s int) (*pool.Pool, *wire.Error) {
 	}
 	return ss.pools[s], nil
 }
+
+// replicaDown is a replica connection that could not be had.
+type replicaDown struct{ err error }
+
+func (e replicaDown) Error() string { return "replica unreachable: " + e.err.Error() }
+func (e replicaDown) Unwrap() error { return e.err }
+
+// serverFatal is a FATAL error a replica sent before closing: the read is
+// run elsewhere instead of relaying it.
+type serverFatal struct{ e *wire.Error }
+
+func (e serverFatal) Error() string { return "server closing: " + e.e.Message }

@@ -116,6 +116,7 @@ var (
 // answered. Entries the proxy answers itself are emitted in their turn.
 func (ss *session) pump() error {
 	sc := ss.sc
+	got := false
 	for {
 		for ss.pendingLen() > 0 && ss.pending[ss.head].mode == mSynth {
 			p := &ss.pending[ss.head]
@@ -135,9 +136,11 @@ func (ss *session) pump() error {
 		if ss.pendingLen() == 0 {
 			return nil
 		}
-		if sc.R.Buffered() == 0 && ss.w.Len() > 0 {
+		if got && sc.R.Buffered() == 0 && ss.w.Len() > 0 {
 			// Nothing more to read without waiting: let the client have
-			// what there is (rows before a slow function finishes).
+			// what there is (rows before a slow function finishes). Not
+			// before the server's first answer: until then the statement
+			// can still be retried elsewhere if the server is gone.
 			if err := ss.w.Flush(); err != nil {
 				return clientError{err}
 			}
@@ -146,6 +149,7 @@ func (ss *session) pump() error {
 		if err != nil {
 			return err
 		}
+		got = true
 		h := &ss.pending[ss.head]
 		if !answers(h.kind, typ) {
 			// The server's answers no longer line up with what was asked:
@@ -204,6 +208,11 @@ func (ss *session) pump() error {
 				ss.readyForQuery(status, true)
 			}
 		case 'E':
+			if ss.cur >= len(ss.srv.primaries) && errorSeverity(msg) == "FATAL" {
+				// A replica going away (shutdown, crash of its
+				// postmaster): the read can still run elsewhere.
+				return serverFatal{decodeError(msg)}
+			}
 			if err := ss.serverError(h, msg); err != nil {
 				return err
 			}
@@ -374,6 +383,27 @@ func (ss *session) parameterStatus(msg []byte) {
 		return
 	}
 	ss.sc.Reported[string(name)] = string(val)
+}
+
+// errorSeverity pulls the non-localized severity out of a raw ErrorResponse.
+func errorSeverity(msg []byte) string {
+	b := wire.Body(msg)
+	sev := ""
+	for len(b) > 0 && b[0] != 0 {
+		f := b[0]
+		v, rest, ok := cutCString(b[1:])
+		if !ok {
+			break
+		}
+		switch f {
+		case 'V':
+			return string(v)
+		case 'S':
+			sev = string(v)
+		}
+		b = rest
+	}
+	return sev
 }
 
 // errorCode pulls the SQLSTATE out of a raw ErrorResponse.

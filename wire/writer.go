@@ -8,6 +8,9 @@ import (
 type Writer struct {
 	w   io.Writer
 	buf []byte
+	// flushes counts Flush calls that wrote something, so a caller can
+	// tell whether anything left since it last looked.
+	flushes uint64
 }
 
 // NewWriter returns a Writer with an initial buffer capacity.
@@ -55,6 +58,7 @@ func (w *Writer) Flush() error {
 		return nil
 	}
 	_, err := w.w.Write(w.buf)
+	w.flushes++
 	// Shrink after a burst (a large COPY OUT) so idle sessions stay small.
 	if cap(w.buf) > 1<<20 {
 		w.buf = make([]byte, 0, 16<<10)
@@ -63,3 +67,9 @@ func (w *Writer) Flush() error {
 	}
 	return err
 }
+
+// Flushes is how many times buffered bytes were written out.
+func (w *Writer) Flushes() uint64 { return w.flushes }
+
+// Truncate drops buffered bytes beyond n (n <= Len).
+func (w *Writer) Truncate(n int) { w.buf = w.buf[:n] }
