@@ -49,6 +49,9 @@ type Replicas struct {
 	// primary serves no reads (default 1s; per session:
 	// SET shardproxy.max_replica_lag).
 	MaxLag Duration `yaml:"max_lag"`
+	// Fallback is what a read gets when no replica qualifies: primary
+	// (default) or error.
+	Fallback string `yaml:"fallback"`
 }
 
 // Metadata locates the PostgreSQL database holding the proxy's durable
@@ -115,6 +118,9 @@ type Shard struct {
 	Name     string   `yaml:"name"`
 	Primary  string   `yaml:"primary"`
 	Replicas []string `yaml:"replicas"`
+	// ReplicaWeights, when set, gives each replica (same order) its share
+	// of reads relative to the others (default 1 each).
+	ReplicaWeights []int `yaml:"replica_weights,omitempty"`
 }
 
 // Sharding declares sharded and reference tables. Routing by key arrives
@@ -295,6 +301,9 @@ func (c *Config) SetDefaults() {
 	if c.Replicas.MaxLag == 0 {
 		c.Replicas.MaxLag = Duration(time.Second)
 	}
+	if c.Replicas.Fallback == "" {
+		c.Replicas.Fallback = "primary"
+	}
 	if c.Pool.PreparedStatementCache == 0 {
 		c.Pool.PreparedStatementCache = 500
 	}
@@ -408,6 +417,17 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("%s.replicas[%d]", field, j), "%v", err)
 			}
 		}
+		if len(s.ReplicaWeights) > 0 && len(s.ReplicaWeights) != len(s.Replicas) {
+			bad(field+".replica_weights", "has %d entries for %d replicas", len(s.ReplicaWeights), len(s.Replicas))
+		}
+		for j, w := range s.ReplicaWeights {
+			if w < 1 {
+				bad(fmt.Sprintf("%s.replica_weights[%d]", field, j), "must be at least 1")
+			}
+		}
+	}
+	if c.Replicas.Fallback != "primary" && c.Replicas.Fallback != "error" {
+		bad("replicas.fallback", "must be primary or error, not %q", c.Replicas.Fallback)
 	}
 	if c.Sharding.Slots < 1 {
 		bad("sharding.slots", "must be at least 1")

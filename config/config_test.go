@@ -59,6 +59,11 @@ shards: [{name: s0}, {name: s0, primary: "postgres://h/a"}]`: "shards[1].name: d
 		minimal + "sharding: {tables: [{name: t, key: k}, {name: Public.T, key: k}]}":                                                         `sharding.tables[1].name: table "Public.T" is already declared in sharding.tables[0]`,
 		minimal + "sharding: {tables: [{name: t, key: k}], reference_tables: [T]}":                                                            `sharding.reference_tables[0]: table "T" is already declared in sharding.tables[0]`,
 		minimal + "metadata: {dsn: nohost}":                                                                                                   "metadata.dsn: DSN",
+		minimal + "replicas: {fallback: maybe}":                                                                                               `replicas.fallback: must be primary or error, not "maybe"`,
+		`users: [{name: app, password: app}]
+shards: [{name: s0, primary: "postgres://h/app", replicas: ["postgres://r/app"], replica_weights: [1, 2]}]`: "shards[0].replica_weights: has 2 entries for 1 replicas",
+		`users: [{name: app, password: app}]
+shards: [{name: s0, primary: "postgres://h/app", replicas: ["postgres://r/app"], replica_weights: [0]}]`: "shards[0].replica_weights[0]: must be at least 1",
 	}
 	for in, want := range cases {
 		_, err := Parse([]byte(in))

@@ -123,4 +123,17 @@ func TestReplicaReads(t *testing.T) {
 	if stale := loop(50); stale == 0 {
 		t.Fatal("read-your-writes off with the replica paused: no stale read, so the check above proves nothing")
 	}
+
+	// Replicas only: a read no replica can serve (the only one has not
+	// replayed this session's write) is refused rather than sent to the
+	// primary, and the session goes on.
+	mustExec(t, c, "SET shardproxy.read_your_writes = on")
+	mustExec(t, c, "SET shardproxy.target = 'replica'")
+	mustExec(t, c, "UPDATE ryw SET v = v + 1 WHERE id = 1")
+	_, err = c.Exec(ctx, "SELECT v FROM ryw WHERE id = 1")
+	wantCode(t, err, "57P03", "read with target=replica and no replica qualifying")
+	mustExec(t, c, "RESET shardproxy.target")
+	if p := port(nil); p != priPort {
+		t.Fatalf("read after RESET shardproxy.target served by port %d, want the primary (replica paused, write pending)", p)
+	}
 }

@@ -66,7 +66,7 @@ func (ss *session) planBatch() {
 // replicas, when one is healthy, lags within the bound and has replayed
 // the session's last write there.
 func (ss *session) readsToReplicas() {
-	if ss.srv.replicas == nil || ss.tx.open || ss.target == "primary" {
+	if ss.tx.open || ss.target == "primary" {
 		return
 	}
 	start := 0
@@ -83,12 +83,29 @@ func (ss *session) readsToReplicas() {
 		}
 		slot := ss.replicaSlot(s)
 		if slot < 0 {
+			if ss.target == "replica" || (ss.srv.cfg.Replicas.Fallback == "error" && len(ss.srv.replicaSlots[s]) > 0) {
+				ss.noReplica(seg, s)
+			}
 			continue
 		}
 		for k := range seg {
 			if seg[k].tgt == s {
 				seg[k].tgt = slot
 			}
+		}
+	}
+}
+
+// noReplica refuses a read segment no replica can serve when the session
+// asked for replicas only (shardproxy.target = 'replica') or the config
+// says so (replicas.fallback: error).
+func (ss *session) noReplica(seg []op, s int) {
+	for k := range seg {
+		if o := &seg[k]; o.typ == 'Q' || o.typ == 'B' {
+			o.err = wire.Errorf(wire.CodeCannotConnectNow, "no replica of shard %s can serve this read", ss.srv.shardNames[s]).
+				WithDetail("Every replica is down, lags beyond the bound, or has not replayed this session's last write there.").
+				WithHint("SET shardproxy.target = 'auto' to let the primary serve it, or raise shardproxy.max_replica_lag.")
+			return
 		}
 	}
 }
@@ -124,7 +141,7 @@ func readOnlySegment(seg []op) (int, bool) {
 // the primary.
 func (ss *session) replicaSlot(s int) int {
 	slots := ss.srv.replicaSlots[s]
-	if len(slots) == 0 {
+	if len(slots) == 0 || ss.srv.replicas == nil {
 		return -1
 	}
 	maxLag := ss.srv.cfg.Replicas.MaxLag.D()

@@ -282,8 +282,12 @@ func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor
 	rc := replica.Config{Logger: log}
 	for _, sh := range cfg.Shards {
 		sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary, Addr: dsnAddr(sh.Primary)}}
-		for _, r := range sh.Replicas {
-			sc.Replicas = append(sc.Replicas, replica.NodeConfig{DSN: r, Addr: dsnAddr(r)})
+		for j, r := range sh.Replicas {
+			nc := replica.NodeConfig{DSN: r, Addr: dsnAddr(r)}
+			if j < len(sh.ReplicaWeights) {
+				nc.Weight = sh.ReplicaWeights[j]
+			}
+			sc.Replicas = append(sc.Replicas, nc)
 		}
 		rc.Shards = append(rc.Shards, sc)
 	}
