@@ -60,6 +60,11 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		OnWaitTimeout: func() { m.PoolWaitTimeouts.Inc() },
 	})
 	defer pools.Close()
+	mon, err := startReplicaMonitor(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer mon.Close()
 	coord, err := openCoordinator(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -68,7 +73,7 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		defer coord.Close()
 		rctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go coord.Run(rctx, func() []twophase.Shard { return recoveryShards(cfg) }, 0)
+		go coord.Run(rctx, func() []twophase.Shard { return recoveryShards(cfg, mon) }, 0)
 	}
 	smap, store, err := loadShardMap(ctx, cfg, log)
 	if err != nil {
@@ -77,11 +82,6 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if store != nil {
 		defer store.Close()
 	}
-	mon, err := startReplicaMonitor(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer mon.Close()
 	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: mon.ReplicaView()})
 	if err != nil {
 		return err
@@ -212,11 +212,17 @@ func metadataDSN(cfg *config.Config) string {
 	return cfg.Shards[0].Primary
 }
 
-// recoveryShards lists the shard primaries in-doubt transactions may be on.
-func recoveryShards(cfg *config.Config) []twophase.Shard {
+// recoveryShards lists the shard primaries in-doubt transactions may be
+// on: after a failover, the promoted replica, which inherited the old
+// primary's prepared transactions with its WAL.
+func recoveryShards(cfg *config.Config, mon *replica.Monitor) []twophase.Shard {
 	out := make([]twophase.Shard, 0, len(cfg.Shards))
-	for _, sh := range cfg.Shards {
-		out = append(out, twophase.Shard{Name: sh.Name, DSN: sh.Primary})
+	for i, sh := range cfg.Shards {
+		dsn := sh.Primary
+		if n, _ := mon.Primary(i); n > 0 {
+			dsn = mon.DSN(i, n)
+		}
+		out = append(out, twophase.Shard{Name: sh.Name, DSN: dsn})
 	}
 	return out
 }
