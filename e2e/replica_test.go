@@ -17,27 +17,7 @@ import (
 // may go to the shard's streaming replica, picked by a replica monitor.
 func startProxyWithReplicas(t *testing.T) (*proxy.Server, *replica.Monitor) {
 	t.Helper()
-	rep := cluster.Replicas("shard0")[0]
-	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{{
-		Name:     "shard0",
-		Primary:  replica.NodeConfig{DSN: primary().DSN(localcluster.AppDatabase)},
-		Replicas: []replica.NodeConfig{{DSN: rep.DSN(localcluster.AppDatabase)}},
-	}}, Logger: proxyLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon.Start()
-	t.Cleanup(func() { _ = mon.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, ok := mon.ReplicaView().Pick(0, time.Second, 0); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica never became eligible: %+v", mon.States())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	mon := startMonitor(t, cluster)
 	srv := startProxyOpts(t, proxyOpts{replicas: mon.ReplicaView()}, func(c *config.Config) { c.Pool.Size = 4 })
 	return srv, mon
 }

@@ -26,36 +26,7 @@ func TestPrimaryFailover(t *testing.T) {
 	}
 	cl := localcluster.StartForTest(t, localcluster.Options{Shards: 1, Replicas: 1})
 	pri, rep := cl.Primary("shard0"), cl.Replicas("shard0")[0]
-	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{{
-		Name:     "shard0",
-		Primary:  replica.NodeConfig{DSN: pri.DSN(localcluster.AppDatabase)},
-		Replicas: []replica.NodeConfig{{DSN: rep.DSN(localcluster.AppDatabase)}},
-	}}, Logger: proxyLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon.Start()
-	t.Cleanup(func() { _ = mon.Close() })
-	cfg := &config.Config{
-		Listen: "127.0.0.1:0",
-		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
-		Pool:   config.Pool{Size: 4},
-		Shards: []config.Shard{{Name: "shard0", Primary: pri.DSN(localcluster.AppDatabase), Replicas: []string{rep.DSN(localcluster.AppDatabase)}}},
-	}
-	cfg.SetDefaults()
-	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	srv := startProxyOn(t, cl, startMonitor(t, cl))
 	c := connect(t, srv)
 	mustExec(t, c, "CREATE TABLE failover (id int PRIMARY KEY, v int)")
 	mustExec(t, c, "INSERT INTO failover VALUES (1, 1)")
@@ -74,7 +45,7 @@ func TestPrimaryFailover(t *testing.T) {
 	time.Sleep(time.Second)
 	c = connect(t, srv)
 	start := time.Now()
-	_, err = c.Exec(ctxT(t, 10*time.Second), "UPDATE failover SET v = v + 1 WHERE id = 1")
+	_, err := c.Exec(ctxT(t, 10*time.Second), "UPDATE failover SET v = v + 1 WHERE id = 1")
 	if pgCode(err) != "08006" || time.Since(start) > 500*time.Millisecond {
 		t.Fatalf("write with the primary down: %v after %v, want 08006 at once", err, time.Since(start))
 	}
@@ -111,46 +82,8 @@ func TestReplicaSpread(t *testing.T) {
 	}
 	cl := localcluster.StartForTest(t, localcluster.Options{Shards: 1, Replicas: 2})
 	pri, reps := cl.Primary("shard0"), cl.Replicas("shard0")
-	rc := replica.ShardConfig{Name: "shard0", Primary: replica.NodeConfig{DSN: pri.DSN(localcluster.AppDatabase)}}
-	var repDSNs []string
-	for _, r := range reps {
-		rc.Replicas = append(rc.Replicas, replica.NodeConfig{DSN: r.DSN(localcluster.AppDatabase)})
-		repDSNs = append(repDSNs, r.DSN(localcluster.AppDatabase))
-	}
-	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{rc}, Logger: proxyLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon.Start()
-	t.Cleanup(func() { _ = mon.Close() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		st := mon.States()[0]
-		if len(st.Nodes) == 3 && st.Nodes[1].Healthy && st.Nodes[2].Healthy && st.Nodes[1].LagSeconds != nil && st.Nodes[2].LagSeconds != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replicas not ready: %+v", mon.States())
-		}
-	}
-	cfg := &config.Config{
-		Listen: "127.0.0.1:0",
-		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
-		Shards: []config.Shard{{Name: "shard0", Primary: pri.DSN(localcluster.AppDatabase), Replicas: repDSNs}},
-	}
-	cfg.SetDefaults()
-	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	mon := startMonitor(t, cl)
+	srv := startProxyOn(t, cl, mon)
 	const clients, reads = 16, 250
 	conns := make([]*pgx.Conn, clients)
 	for i := range conns {
@@ -304,41 +237,7 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 	if out, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
-	rc := replica.ShardConfig{Name: "shard0", Primary: replica.NodeConfig{DSN: pri.DSN(localcluster.AppDatabase)}}
-	var repDSNs []string
-	for _, r := range reps {
-		if err := r.WaitStreaming(ctxT(t, 30*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		rc.Replicas = append(rc.Replicas, replica.NodeConfig{DSN: r.DSN(localcluster.AppDatabase)})
-		repDSNs = append(repDSNs, r.DSN(localcluster.AppDatabase))
-	}
-	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{rc}, Logger: proxyLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon.Start()
-	t.Cleanup(func() { _ = mon.Close() })
-	time.Sleep(time.Second)
-	cfg := &config.Config{
-		Listen: "127.0.0.1:0",
-		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
-		Shards: []config.Shard{{Name: "shard0", Primary: pri.DSN(localcluster.AppDatabase), Replicas: repDSNs}},
-	}
-	cfg.SetDefaults()
-	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	srv := startProxyOn(t, cl, startMonitor(t, cl))
 	for _, mode := range []string{"simple", "prepared"} {
 		victim := reps[0]
 		if mode == "prepared" {
@@ -355,4 +254,62 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 		}
 		t.Logf("pgbench -S -M %s, replica killed after 2 s: %s", mode, strings.TrimSpace(reTPS.FindString(out)))
 	}
+}
+
+// startMonitor probes shard0 of cl, its primary and every replica, and
+// waits until each replica is healthy with a known lag.
+func startMonitor(t *testing.T, cl *localcluster.Cluster) *replica.Monitor {
+	t.Helper()
+	sc := replica.ShardConfig{Name: "shard0", Primary: replica.NodeConfig{DSN: cl.Primary("shard0").DSN(localcluster.AppDatabase)}}
+	for _, r := range cl.Replicas("shard0") {
+		sc.Replicas = append(sc.Replicas, replica.NodeConfig{DSN: r.DSN(localcluster.AppDatabase)})
+	}
+	mon, err := replica.New(replica.Config{Shards: []replica.ShardConfig{sc}, Logger: proxyLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon.Start()
+	t.Cleanup(func() { _ = mon.Close() })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ready := true
+		for _, n := range mon.States()[0].Nodes[1:] {
+			ready = ready && n.Healthy && n.LagSeconds != nil
+		}
+		if ready {
+			return mon
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas not ready: %+v", mon.States())
+		}
+	}
+}
+
+// startProxyOn starts a proxy over shard0 of cl whose reads outside
+// transactions go to the replicas mon picks.
+func startProxyOn(t *testing.T, cl *localcluster.Cluster, mon *replica.Monitor) *proxy.Server {
+	t.Helper()
+	sh := config.Shard{Name: "shard0", Primary: cl.Primary("shard0").DSN(localcluster.AppDatabase)}
+	for _, r := range cl.Replicas("shard0") {
+		sh.Replicas = append(sh.Replicas, r.DSN(localcluster.AppDatabase))
+	}
+	cfg := &config.Config{
+		Listen: "127.0.0.1:0",
+		Users:  []config.User{{Name: localcluster.AppUser, Password: localcluster.AppPassword}},
+		Shards: []config.Shard{sh},
+	}
+	cfg.SetDefaults()
+	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Replicas: mon.ReplicaView()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return srv
 }

@@ -68,12 +68,6 @@ func pow10(n int64) *big.Int {
 	return new(big.Int).Exp(big.NewInt(10), big.NewInt(n), nil)
 }
 
-func (d *decimal) set(x *decimal) {
-	d.special = x.special
-	d.coef.Set(&x.coef)
-	d.scale = x.scale
-}
-
 func (d *decimal) setInt64(v int64) {
 	d.special = decFinite
 	d.coef.SetInt64(v)

@@ -26,8 +26,6 @@ import (
 // merged shard results must equal PostgreSQL's own answer, byte for byte,
 // in text and in binary result format.
 
-const nrows = 3000
-
 const schemaSQL = `
 SET TimeZone = 'Asia/Kolkata';
 DROP TABLE IF EXISTS t, t0, t1, t2;

@@ -119,7 +119,7 @@ func (ss *session) markFailed() {
 // It returns a CopyFail message to send the shards when the copy must
 // fail, and the error for the client.
 func (ss *session) streamCopy(u *unit, sp *copySplitter) (string, *wire.Error, error) {
-	m := ss.srv.shardMap()
+	m := ss.srv.ShardMap()
 	var e *wire.Error
 	route := func(row []byte, key []byte, null, all bool) {
 		if e != nil {
@@ -304,7 +304,6 @@ type copySplitter struct {
 	sawHeader bool
 	// binary format: the file header, sent to every shard once.
 	binHeader []byte
-	sentHead  bool
 }
 
 func newCopySplitter(c *plan.Copy, keyCol int) (*copySplitter, *wire.Error) {

@@ -66,7 +66,8 @@ func (ss *session) planBatch() {
 // replicas, when one is healthy, lags within the bound and has replayed
 // the session's last write there.
 func (ss *session) readsToReplicas() {
-	if ss.tx.open || ss.target == "primary" {
+	noReplicas := len(ss.srv.nodes) == len(ss.srv.primaries)
+	if ss.tx.open || ss.target == "primary" || (noReplicas && ss.target != "replica") {
 		return
 	}
 	start := 0
@@ -276,7 +277,7 @@ func (ss *session) defaultTarget() int {
 	if ss.forceShardIdx >= 0 {
 		return ss.forceShardIdx
 	}
-	if ss.sc != nil {
+	if ss.sc != nil && ss.cur >= 0 && ss.cur < len(ss.srv.primaries) {
 		return ss.cur
 	}
 	return ss.srv.defShard
@@ -520,7 +521,7 @@ func (ss *session) execOp(o *op) error {
 		}
 		return nil
 	}
-	if ss.srv.explainOn(ss, o) {
+	if ss.explains(o) {
 		if err := ss.explain(o); err != nil {
 			return err
 		}

@@ -29,7 +29,7 @@ func (ss *session) execLocal(o *op, msg []byte) error {
 	case 'B':
 		ss.synth(msgBindComplete)
 	case 'D':
-		if o.typ == 'D' && len(msg) > 5 && msg[5] == 'S' {
+		if len(msg) > 5 && msg[5] == 'S' {
 			var oids []uint32
 			if o.info != nil {
 				oids = o.info.oids
@@ -303,9 +303,9 @@ func (ss *session) explain(o *op) error {
 	return nil
 }
 
-// explainOn reports whether op o gets a route NOTICE: statements that
+// explains reports whether op o gets a route NOTICE: statements that
 // start running (Query, Bind) with shardproxy.explain on.
-func (s *Server) explainOn(ss *session, o *op) bool {
+func (ss *session) explains(o *op) bool {
 	if o.st == nil || (o.typ != 'Q' && o.typ != 'B') {
 		return false
 	}

@@ -29,10 +29,9 @@ type unit struct {
 	portal string
 	params plan.Params
 	bind   []byte
-	// Progress of the portal: bound on the shards, described to the
-	// client, executed.
-	bound, described, executed bool
-	g                          *gather
+	// Progress of the portal: described to the client, executed.
+	described, executed bool
+	g                   *gather
 }
 
 // gather collects the shards' answers to one multi-shard step.
@@ -42,15 +41,12 @@ type gather struct {
 	params  *plan.Params
 	merger  *merge.Merger
 	wantRD  bool // the client gets the RowDescription
-	rdSent  bool
 	rd      []byte
-	bound   bool
 	tag     []byte
 	count   int64
 	counted bool
 	err     *wire.Error
 	copyOut []byte // CopyOutResponse of a COPY TO fan-out
-	rows    int64
 }
 
 // execUnit runs an op whose statement spans several shards.
@@ -269,7 +265,6 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 		return nil
 	}
 	if bind {
-		u.bound = true
 		ss.w.Append(msgBindComplete)
 	}
 	if describe && !u.described {
@@ -280,7 +275,6 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 			ss.w.Append(msgNoData)
 		}
 	}
-	g.rdSent = true
 	if execute {
 		u.executed = true
 		return ss.finishGather(u, g)
@@ -454,7 +448,6 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 		}
 		if g.wantRD {
 			ss.w.Append(g.rd)
-			g.rdSent = true
 		}
 	case 'D':
 		if g.err != nil {
@@ -466,7 +459,6 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 			}
 			return nil
 		}
-		g.rows++
 		return ss.emit(msg)
 	case 'H': // CopyOutResponse
 		if g.copyOut == nil {

@@ -36,9 +36,6 @@ type portalInfo struct {
 	info *stmtInfo
 }
 
-// routeError answers the op with e: the proxy refuses the statement.
-type routeError struct{ e *wire.Error }
-
 // statementOf analyzes one statement text, which must hold exactly one
 // statement for the extended protocol.
 func (ss *session) statementOf(sql string) *plan.Statement {
@@ -58,8 +55,7 @@ var (
 		Err: wire.Errorf(wire.CodeSyntaxError, "cannot insert multiple commands into a prepared statement")}
 )
 
-// shardFor picks the shard of a single-shard statement kind, honoring
-// shardproxy.shard.
+// forcedShard is the shard shardproxy.shard (or a hint) names, or -1.
 func (ss *session) forcedShard(st *plan.Statement) (int, *wire.Error) {
 	name := st.Hints.Shard
 	if name == "" {
@@ -97,10 +93,8 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 	case plan.Default:
 		return ss.srv.defShard, nil, nil
 	case plan.AnyShard:
-		if ss.sc != nil {
-			return ss.cur, nil, nil
-		}
-		for i, c := range ss.conns {
+		// A shard the session already holds a primary connection to.
+		for i, c := range ss.conns[:len(ss.srv.primaries)] {
 			if c != nil {
 				return i, nil, nil
 			}
@@ -108,9 +102,9 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		return ss.srv.defShard, nil, nil
 	case plan.Keyed, plan.FanOut:
 		if st.Kind == plan.FanOut && len(st.Keys) == 0 {
-			return tMulti, ss.allShards(), nil
+			return tMulti, ss.srv.allShards, nil
 		}
-		m := ss.srv.shardMap()
+		m := ss.srv.ShardMap()
 		var one = -1
 		var many []int
 		for _, k := range st.Keys {
@@ -134,7 +128,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 			return tMulti, many, nil
 		}
 		if one < 0 {
-			return tMulti, ss.allShards(), nil
+			return tMulti, ss.srv.allShards, nil
 		}
 		return one, nil, nil
 	case plan.InsertSplit:
@@ -154,13 +148,13 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		sort.Ints(shards)
 		return tMulti, shards, nil
 	default: // FanOut, Broadcast, CopyIn
-		return tMulti, ss.allShards(), nil
+		return tMulti, ss.srv.allShards, nil
 	}
 }
 
 // splitRows groups the rows of a multi-row INSERT by owning shard.
 func (ss *session) splitRows(st *plan.Statement, p *plan.Params) (map[int][]int, *wire.Error) {
-	m := ss.srv.shardMap()
+	m := ss.srv.ShardMap()
 	rows := map[int][]int{}
 	for i, k := range st.Insert.Rows {
 		owners, err := locateKey(m, k, p)
@@ -173,10 +167,6 @@ func (ss *session) splitRows(st *plan.Statement, p *plan.Params) (map[int][]int,
 		rows[owners[0]] = append(rows[owners[0]], i)
 	}
 	return rows, nil
-}
-
-func (ss *session) allShards() []int {
-	return ss.srv.allShards
 }
 
 func appendUnique(s []int, v int) []int {

@@ -95,9 +95,6 @@ func routerSchema(cfg *config.Config) router.Schema {
 	return sc
 }
 
-// shardMap is the current shard map.
-func (s *Server) shardMap() *shard.Map { return s.smap.Load() }
-
 // ShardMap is the shard map sessions route by now.
 func (s *Server) ShardMap() *shard.Map { return s.smap.Load() }
 

@@ -189,18 +189,10 @@ func parseNumeric(s string, scratch []byte) (decimal, *wire.Error) {
 	return d, nil
 }
 
-// setDigits stores raw decimal digits whose first one has power of ten
-// exp, dropping leading and trailing zeros.
-func (d *decimal) setDigits(raw []byte, exp int) {
-	d.digits, d.exp = trimDigits(raw, exp)
-	if len(d.digits) == 0 {
-		d.neg = false
-	}
-}
-
-// trimDigits is setDigits as a pure function: storing a parameter through
-// a pointer would make escape analysis move every caller's scratch buffer
-// to the heap.
+// trimDigits drops leading and trailing zero digits of raw, whose first
+// digit has power of ten exp. It is a pure function because storing
+// through a pointer would make escape analysis move every caller's
+// scratch buffer to the heap.
 func trimDigits(raw []byte, exp int) ([]byte, int) {
 	f := 0
 	for f < len(raw) && raw[f] == 0 {

@@ -196,14 +196,6 @@ func onShards(t testing.TB, n int, sql string) []int64 {
 	return out
 }
 
-// execShards runs sql on every shard directly (fixture cleanup).
-func execShards(t testing.TB, sql string) {
-	t.Helper()
-	for _, name := range shardNames() {
-		mustExec(t, connectShard(t, name), sql)
-	}
-}
-
 func pgCode(err error) string {
 	if pe, ok := err.(*pgconn.PgError); ok {
 		return pe.Code
