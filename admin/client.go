@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,10 @@ type Client struct {
 
 var defaultHTTP = &http.Client{Timeout: 10 * time.Second}
 
+// changeHTTP serves the verbs that change something (shard add connects
+// to the new shard and prepares it), which may take longer than a read.
+var changeHTTP = &http.Client{Timeout: 5 * time.Minute}
+
 // HTTPError is a non-2xx answer from the admin API.
 type HTTPError struct {
 	Addr       string
@@ -32,12 +37,17 @@ type HTTPError struct {
 	// Message is the server's JSON "error" field, or the raw body when the
 	// answer was not ours (a proxy in between, a wrong port).
 	Message string
+	// Hint is the server's JSON "hint" field: what to do next.
+	Hint string
 }
 
 func (e *HTTPError) Error() string {
 	msg := fmt.Sprintf("admin API at %s: %s %s: %d %s", e.Addr, e.Method, e.Path, e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Message != "" {
 		msg += ": " + e.Message
+	}
+	if e.Hint != "" {
+		msg += " (" + e.Hint + ")"
 	}
 	return msg
 }
@@ -58,7 +68,22 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // Get returns the body of a successful GET of path, undecoded, for callers
 // that print the server's JSON as is (shardctl --json).
 func (c *Client) Get(ctx context.Context, path string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.baseURL()+path, nil)
+	return c.Do(ctx, http.MethodGet, path, nil)
+}
+
+// Do sends a request with in (when not nil) as its JSON body and returns
+// the body of a successful answer, undecoded. A non-2xx answer is an
+// *HTTPError.
+func (c *Client) Do(ctx context.Context, method, path string, in any) ([]byte, error) {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("admin API at %s: encode %s %s: %w", c.Addr, method, path, err)
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.baseURL()+path, reqBody)
 	if err != nil {
 		return nil, fmt.Errorf("admin API at %s: %w", c.Addr, err)
 	}
@@ -66,9 +91,15 @@ func (c *Client) Get(ctx context.Context, path string) ([]byte, error) {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = defaultHTTP
+		if method != http.MethodGet && method != http.MethodHead {
+			hc = changeHTTP
+		}
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -81,7 +112,8 @@ func (c *Client) Get(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("admin API at %s: read %s: %w", c.Addr, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return nil, &HTTPError{Addr: c.Addr, Method: req.Method, Path: path, StatusCode: resp.StatusCode, Message: errorMessage(body)}
+		msg, hint := errorMessage(body)
+		return nil, &HTTPError{Addr: c.Addr, Method: req.Method, Path: path, StatusCode: resp.StatusCode, Message: msg, Hint: hint}
 	}
 	return body, nil
 }
@@ -103,14 +135,14 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-func errorMessage(body []byte) string {
+func errorMessage(body []byte) (msg, hint string) {
 	var e errorBody
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return e.Error
+		return e.Error, e.Hint
 	}
-	msg := strings.TrimSpace(string(body))
+	msg = strings.TrimSpace(string(body))
 	if len(msg) > 200 {
 		msg = msg[:200] + "..."
 	}
-	return msg
+	return msg, ""
 }

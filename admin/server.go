@@ -38,6 +38,10 @@ type Options struct {
 	// Status is called on every GET /api/v1/status, concurrently with the
 	// proxy, so it must be safe for that.
 	Status func() Status
+	// Operator carries out the operator verbs (shards, shard add/drain/
+	// remove, rebalance). Nil when the proxy runs without a metadata
+	// database: those routes then answer 503 with a hint.
+	Operator Operator
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 }
@@ -63,6 +67,7 @@ func NewServer(opts Options) *Server {
 		MetricsPath: {http.MethodGet: s.metricsHandler()},
 		StatusPath:  {http.MethodGet: http.HandlerFunc(s.handleStatus)},
 	}
+	s.addOperatorRoutes()
 	return s
 }
 
@@ -136,6 +141,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	byMethod, ok := s.routes[r.URL.Path]
 	if !ok {
+		byMethod, ok = s.shardRoutes(r)
+	}
+	if !ok {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 		return
 	}
@@ -208,6 +216,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 // errorBody is the JSON body of every non-2xx response.
 type errorBody struct {
 	Error string `json:"error"`
+	Hint  string `json:"hint,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/shardproxy/shardproxy/plan"
+	"github.com/shardproxy/shardproxy/shard"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -145,6 +146,13 @@ func (ss *session) streamCopy(u *unit, sp *copySplitter) (string, *wire.Error, e
 		}
 		if err != nil {
 			e = asWireError(err)
+			return
+		}
+		if owner == shard.Frozen {
+			// COPYs are held at the start of a freeze (heldByFreeze);
+			// one that still meets a frozen slot must not guess.
+			e = wire.Errorf(wire.CodeSerializationFailure, "COPY row in slot being moved to another shard").
+				WithHint("Retry the COPY: the move takes milliseconds.")
 			return
 		}
 		sc := ss.conns[owner]

@@ -66,7 +66,7 @@ func (ss *session) planBatch() {
 // replicas, when one is healthy, lags within the bound and has replayed
 // the session's last write there.
 func (ss *session) readsToReplicas() {
-	noReplicas := len(ss.srv.nodes) == len(ss.srv.primaries)
+	noReplicas := !ss.topo.hasReplicas
 	if ss.tx.open || ss.target == "primary" || (noReplicas && ss.target != "replica") {
 		return
 	}
@@ -84,7 +84,7 @@ func (ss *session) readsToReplicas() {
 		}
 		slot := ss.replicaSlot(s)
 		if slot < 0 {
-			if ss.target == "replica" || (ss.srv.cfg.Replicas.Fallback == "error" && len(ss.srv.replicaSlots[s]) > 0) {
+			if ss.target == "replica" || (ss.srv.cfg.Replicas.Fallback == "error" && len(ss.topo.replicaSlots[s]) > 0) {
 				ss.noReplica(seg, s)
 			}
 			continue
@@ -103,7 +103,7 @@ func (ss *session) readsToReplicas() {
 func (ss *session) noReplica(seg []op, s int) {
 	for k := range seg {
 		if o := &seg[k]; o.typ == 'Q' || o.typ == 'B' {
-			o.err = wire.Errorf(wire.CodeCannotConnectNow, "no replica of shard %s can serve this read", ss.srv.shardNames[s]).
+			o.err = wire.Errorf(wire.CodeCannotConnectNow, "no replica of shard %s can serve this read", ss.topo.shardNames[s]).
 				WithDetail("Every replica is down, lags beyond the bound, or has not replayed this session's last write there.").
 				WithHint("SET shardproxy.target = 'auto' to let the primary serve it, or raise shardproxy.max_replica_lag.")
 			return
@@ -141,7 +141,7 @@ func readOnlySegment(seg []op) (int, bool) {
 // replicaSlot picks the replica slot for a read on shard s, or -1 for
 // the primary.
 func (ss *session) replicaSlot(s int) int {
-	slots := ss.srv.replicaSlots[s]
+	slots := ss.topo.replicaSlots[s]
 	if len(slots) == 0 || ss.srv.replicas == nil {
 		return -1
 	}
@@ -157,6 +157,9 @@ func (ss *session) replicaSlot(s int) int {
 		}
 		minLSN = lsn
 	}
+	// After a cutover the slots' new owner serves reads from replicas
+	// only once they show the moved rows.
+	minLSN = max(minLSN, ss.srv.readFloor[s].Load())
 	r, ok := ss.srv.replicas.Pick(s, maxLag, minLSN)
 	if !ok || r < 0 || r >= len(slots) {
 		return -1
@@ -277,7 +280,7 @@ func (ss *session) defaultTarget() int {
 	if ss.forceShardIdx >= 0 {
 		return ss.forceShardIdx
 	}
-	if ss.sc != nil && ss.cur >= 0 && ss.cur < len(ss.srv.primaries) {
+	if ss.sc != nil && ss.cur >= 0 && ss.cur < len(ss.topo.primaries) {
 		return ss.cur
 	}
 	return ss.srv.defShard
@@ -449,7 +452,7 @@ func (ss *session) execBatch() error {
 		if ss.skipToSync && o.typ != 'S' {
 			continue
 		}
-		if o.tgt >= len(ss.srv.primaries) {
+		if o.tgt >= len(ss.topo.primaries) {
 			slot = o.tgt
 		}
 		err := ss.execOp(o)
@@ -464,14 +467,14 @@ func (ss *session) execBatch() error {
 			down := errors.As(err, &rd)
 			if !retried && onReplica && !errors.As(err, &ce) && !errors.As(err, &de) && ss.w.Flushes() == flushes &&
 				(down || (ss.sc != nil && ss.cur == slot)) {
-				ss.srv.log.Warn("replica failed during a read; running it on the primary", "pid", ss.pid, "node", ss.srv.slotNames[slot], "err", err)
+				ss.srv.log.Warn("replica failed during a read; running it on the primary", "pid", ss.pid, "node", ss.topo.slotNames[slot], "err", err)
 				if !down {
 					ss.dropFailed()
 				}
 				ss.w.Truncate(buffered)
 				for k := segStart; k < len(ss.ops); k++ {
 					if ss.ops[k].tgt == slot {
-						ss.ops[k].tgt = ss.srv.slotShard[slot]
+						ss.ops[k].tgt = ss.topo.slotShard[slot]
 					}
 				}
 				ss.segMask = 0
@@ -644,7 +647,7 @@ func (ss *session) toShard(s int, implicit bool) error {
 		}
 		var err error
 		sc, err = p.Acquire(context.Background())
-		if err != nil && s >= len(ss.srv.primaries) {
+		if err != nil && s >= len(ss.topo.primaries) {
 			// A replica that cannot be reached: the caller runs the
 			// read on the primary instead.
 			return replicaDown{err}
@@ -939,10 +942,10 @@ func (ss *session) spreadSetting(o *op) error {
 // countReplica tells the replica picker a replica slot's connection was
 // taken (or given back): its outstanding queries, for least-busy picks.
 func (ss *session) countReplica(slot int, taken bool) {
-	if slot < len(ss.srv.primaries) || ss.srv.replicas == nil {
+	if slot < len(ss.topo.primaries) || ss.srv.replicas == nil {
 		return
 	}
-	shard, r := ss.srv.slotShard[slot], ss.srv.slotReplica[slot]
+	shard, r := ss.topo.slotShard[slot], ss.topo.slotReplica[slot]
 	if taken {
 		ss.srv.replicas.Acquired(shard, r)
 	} else {
@@ -955,7 +958,7 @@ func (ss *session) countReplica(slot int, taken bool) {
 // after a connect timeout), and after a promotion the slot's connections
 // go to the promoted replica.
 func (ss *session) poolFor(s int) (*pool.Pool, *wire.Error) {
-	if s >= len(ss.srv.primaries) || ss.srv.replicas == nil {
+	if s >= len(ss.topo.primaries) || ss.srv.replicas == nil {
 		return ss.pools[s], nil
 	}
 	r, known, healthy := ss.srv.replicas.Primary(s)
@@ -963,10 +966,10 @@ func (ss *session) poolFor(s int) (*pool.Pool, *wire.Error) {
 	case !known:
 		return ss.pools[s], nil // not probed yet: try the configured one
 	case !healthy:
-		return nil, wire.Errorf(wire.CodeConnectionFailure, "the primary of shard %s is not reachable", ss.srv.shardNames[s]).
+		return nil, wire.Errorf(wire.CodeConnectionFailure, "the primary of shard %s is not reachable", ss.topo.shardNames[s]).
 			WithHint("Writes and transactions on this shard fail until the primary is back or a replica is promoted; reads outside transactions are served by replicas.")
-	case r >= 0 && r < len(ss.srv.replicaSlots[s]):
-		return ss.pools[ss.srv.replicaSlots[s][r]], nil
+	case r >= 0 && r < len(ss.topo.replicaSlots[s]):
+		return ss.pools[ss.topo.replicaSlots[s][r]], nil
 	}
 	return ss.pools[s], nil
 }

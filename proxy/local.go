@@ -96,6 +96,7 @@ func (ss *session) runLocal(st *plan.Statement, sql string, simple bool) error {
 		}
 		ss.tx.open = true
 		ss.tx.begin = sql
+		ss.noteTxEpoch()
 		tag = "BEGIN"
 	case plan.Commit:
 		tag = "COMMIT"
@@ -218,14 +219,14 @@ func (ss *session) setProxy(name, value string, reset bool) *wire.Error {
 			ss.forceShard, ss.forceShardIdx = "", -1
 			return nil
 		}
-		for i, n := range ss.srv.shardNames {
+		for i, n := range ss.topo.shardNames {
 			if n == value {
 				ss.forceShard, ss.forceShardIdx = value, i
 				return nil
 			}
 		}
 		return wire.Errorf(wire.CodeInvalidParameterValue, "invalid value for parameter \"shardproxy.shard\": %q", value).
-			WithHint("Known shards: " + strings.Join(ss.srv.shardNames, ", "))
+			WithHint("Known shards: " + strings.Join(ss.topo.shardNames, ", "))
 	case "explain":
 		switch strings.ToLower(value) {
 		case "", "off", "false", "0":

@@ -208,7 +208,7 @@ func (ss *session) pump() error {
 				ss.readyForQuery(status, true)
 			}
 		case 'E':
-			if ss.cur >= len(ss.srv.primaries) && errorSeverity(msg) == "FATAL" {
+			if ss.cur >= len(ss.topo.primaries) && errorSeverity(msg) == "FATAL" {
 				// A replica going away (shutdown, crash of its
 				// postmaster): the read can still run elsewhere.
 				return serverFatal{decodeError(msg)}
@@ -286,6 +286,7 @@ func (ss *session) readyForQuery(status byte, counted bool) {
 	}
 	if counted || prev != 0 {
 		ss.txStatus = status
+		ss.noteTxEpoch()
 	}
 	ss.errSeen = false
 	ss.sawRollback = false

@@ -64,13 +64,13 @@ func (ss *session) forcedShard(st *plan.Statement) (int, *wire.Error) {
 	if name == "" {
 		return -1, nil
 	}
-	for i, n := range ss.srv.shardNames {
+	for i, n := range ss.topo.shardNames {
 		if n == name {
 			return i, nil
 		}
 	}
 	return -1, wire.Errorf(wire.CodeInvalidParameterValue, "shardproxy.shard: no shard named %q", name).
-		WithHint("Known shards: " + strings.Join(ss.srv.shardNames, ", "))
+		WithHint("Known shards: " + strings.Join(ss.topo.shardNames, ", "))
 }
 
 // route decides where a statement with the given bound parameters runs:
@@ -94,7 +94,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		return ss.srv.defShard, nil, nil
 	case plan.AnyShard:
 		// A shard the session already holds a primary connection to.
-		for i, c := range ss.conns[:len(ss.srv.primaries)] {
+		for i, c := range ss.conns[:len(ss.topo.primaries)] {
 			if c != nil {
 				return i, nil, nil
 			}
@@ -102,7 +102,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		return ss.srv.defShard, nil, nil
 	case plan.Keyed, plan.FanOut:
 		if st.Kind == plan.FanOut && len(st.Keys) == 0 {
-			return tMulti, ss.srv.allShards, nil
+			return tMulti, ss.topo.allShards, nil
 		}
 		m := ss.srv.ShardMap()
 		var one = -1
@@ -112,6 +112,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 			if err != nil {
 				return tLocal, nil, asWireError(err)
 			}
+			owners = ss.frozenOwner(owners)
 			for _, o := range owners {
 				if one < 0 {
 					one = o
@@ -128,7 +129,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 			return tMulti, many, nil
 		}
 		if one < 0 {
-			return tMulti, ss.srv.allShards, nil
+			return tMulti, ss.topo.allShards, nil
 		}
 		return one, nil, nil
 	case plan.InsertSplit:
@@ -148,7 +149,7 @@ func (ss *session) route(st *plan.Statement, p *plan.Params) (tgt int, shards []
 		sort.Ints(shards)
 		return tMulti, shards, nil
 	default: // FanOut, Broadcast, CopyIn
-		return tMulti, ss.srv.allShards, nil
+		return tMulti, ss.topo.allShards, nil
 	}
 }
 
@@ -161,6 +162,7 @@ func (ss *session) splitRows(st *plan.Statement, p *plan.Params) (map[int][]int,
 		if err != nil {
 			return nil, asWireError(err)
 		}
+		owners = ss.frozenOwner(owners)
 		if len(owners) != 1 {
 			return nil, wire.Errorf(wire.CodeFeatureNotSupported, "INSERT row %d into %s has no single owning shard", i+1, st.Table)
 		}
@@ -253,18 +255,18 @@ func (ss *session) explainRoute(st *plan.Statement, tgt int, shards []int) strin
 	var where string
 	switch {
 	case tgt >= 0:
-		where = ss.srv.slotNames[tgt]
+		where = ss.topo.slotNames[tgt]
 	case tgt == tMulti:
 		names := make([]string, len(shards))
 		for i, s := range shards {
-			names[i] = ss.srv.shardNames[s]
+			names[i] = ss.topo.shardNames[s]
 		}
 		where = strings.Join(names, ",")
 	default:
 		where = "proxy"
 	}
 	role := "primary"
-	if tgt >= len(ss.srv.primaries) {
+	if tgt >= len(ss.topo.primaries) {
 		role = "replica"
 	}
 	return fmt.Sprintf("route: %s %s %s", where, role, router.Describe(st))

@@ -23,8 +23,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/pool"
@@ -100,7 +98,17 @@ func (s *Server) ShardMap() *shard.Map { return s.smap.Load() }
 
 // SetShardMap installs a new shard map version; sessions route with it
 // from their next statement.
-func (s *Server) SetShardMap(m *shard.Map) { s.smap.Store(m) }
+// During a cutover the new version is installed with the moving slots
+// still frozen.
+func (s *Server) SetShardMap(m *shard.Map) {
+	s.topoMu.Lock()
+	defer s.topoMu.Unlock()
+	if f := s.gate.Load(); f != nil {
+		f.base = m
+		m = m.WithFrozen(f.slots)
+	}
+	s.smap.Store(m)
+}
 
 // Server accepts client connections.
 type Server struct {
@@ -111,27 +119,26 @@ type Server struct {
 	pools     *pool.Manager
 	ownPools  bool
 	verifiers *auth.Verifiers
-	primary   *pool.Node   // default shard primary: logins are checked here
-	primaries []*pool.Node // by shard index, in config order
-	// nodes are the connection slots of a session: the primaries (slot =
-	// shard index), then every shard's replicas.
-	nodes        []*pool.Node
-	slotNames    []string // "shard0", "shard0/replica1", ...
-	replicaSlots [][]int  // by shard: the slots of its replicas, in config order
-	slotShard    []int    // by slot: its shard
-	slotReplica  []int    // by slot: its replica number in the shard (-1: primary)
-	replicas     ReplicaPicker
-	stmts        *stmtRegistry
-	logins       loginCache
+	primary   *pool.Node // default shard primary: logins are checked here
+	topo      atomic.Pointer[topology]
+	topoMu    sync.Mutex // serializes AddShard
+	replicas  ReplicaPicker
+	stmts     *stmtRegistry
+	logins    loginCache
 
-	// Sharding: shard names by index, the router, the current shard map
+	// Sharding: the default shard, the router, the current shard map
 	// (swapped whole when a new version arrives) and the 2PC coordinator.
-	shardNames []string
-	allShards  []int
-	defShard   int
-	router     *router.Router
-	smap       atomic.Pointer[shard.Map]
-	coord      *twophase.Coordinator
+	defShard int
+	router   *router.Router
+	smap     atomic.Pointer[shard.Map]
+	// gate is the running cutover's freeze (nil: none), epoch counts
+	// freeze steps for their grace periods (gate.go).
+	gate  atomic.Pointer[Freeze]
+	epoch atomic.Uint64
+	// readFloor, by shard, is the WAL position a replica must have
+	// replayed to serve reads (set after a cutover moved rows in).
+	readFloor []atomic.Uint64
+	coord     *twophase.Coordinator
 
 	ln       net.Listener
 	wg       sync.WaitGroup
@@ -166,52 +173,22 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	t, err := newTopology(cfg.Shards, reservedPrimaries(len(cfg.Shards)))
+	if err != nil {
+		return nil, err
+	}
 	for i, sh := range cfg.Shards {
-		pc, err := pgconn.ParseConfig(sh.Primary)
-		if err != nil {
-			return nil, fmt.Errorf("shard %s: primary DSN: %w", sh.Name, err)
-		}
-		s.primaries = append(s.primaries, &pool.Node{Shard: sh.Name, Role: "primary", Config: pc})
-		s.shardNames = append(s.shardNames, sh.Name)
-		s.allShards = append(s.allShards, i)
 		if sh.Name == cfg.Sharding.DefaultShard {
 			s.defShard = i
 		}
 	}
-	s.primary = s.primaries[s.defShard]
-	s.nodes = append(s.nodes, s.primaries...)
-	s.slotNames = append(s.slotNames, s.shardNames...)
-	s.replicaSlots = make([][]int, len(cfg.Shards))
-	for i, sh := range cfg.Shards {
-		for j, dsn := range sh.Replicas {
-			pc, err := pgconn.ParseConfig(dsn)
-			if err != nil {
-				return nil, fmt.Errorf("shard %s: replica %d DSN: %w", sh.Name, j+1, err)
-			}
-			s.replicaSlots[i] = append(s.replicaSlots[i], len(s.nodes))
-			s.nodes = append(s.nodes, &pool.Node{Shard: sh.Name, Role: "replica", Config: pc})
-			s.slotNames = append(s.slotNames, fmt.Sprintf("%s/replica%d", sh.Name, j+1))
-		}
-	}
-	for i := range s.nodes {
-		if i < len(s.primaries) {
-			s.slotShard = append(s.slotShard, i)
-			s.slotReplica = append(s.slotReplica, -1)
-		}
-	}
-	for shard, slots := range s.replicaSlots {
-		for r := range slots {
-			s.slotShard = append(s.slotShard, shard)
-			s.slotReplica = append(s.slotReplica, r)
-		}
-	}
-	if len(s.nodes) > 64 {
-		return nil, fmt.Errorf("%d primaries and replicas: at most 64 are supported", len(s.nodes))
-	}
+	s.primary = t.primaries[s.defShard]
+	s.topo.Store(t)
+	s.epoch.Store(1)
+	s.readFloor = make([]atomic.Uint64, len(t.primaries))
 	s.replicas = opts.Replicas
 	m := opts.ShardMap
 	if m == nil {
-		var err error
 		if m, err = shard.FromConfig(cfg); err != nil {
 			return nil, fmt.Errorf("shard map: %w", err)
 		}
@@ -376,4 +353,13 @@ func equalSecret(a, b []byte) bool {
 		v |= a[i] ^ b[i]
 	}
 	return v == 0
+}
+
+// SetReadFloor makes reads of shard i outside transactions go to replicas
+// only once they have replayed lsn (the primary's position after rows
+// moved in), so no read on a replica misses them.
+func (s *Server) SetReadFloor(i int, lsn uint64) {
+	if i >= 0 && i < len(s.readFloor) {
+		s.readFloor[i].Store(lsn)
+	}
 }

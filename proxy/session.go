@@ -84,7 +84,11 @@ type session struct {
 	user     config.User
 	database string
 	pool     *pool.Pool   // the default shard's primary pool (login)
-	pools    []*pool.Pool // primary pools by shard index
+	pools    []*pool.Pool // by node slot (primaries by shard index, then replicas)
+	// topo is the topology the session's slots refer to; it moves to the
+	// server's current one at each batch (adoptTopology).
+	topo                   *topology
+	serverUser, serverPass string
 	// conns are the server connections held, by shard index; sc is the
 	// one messages currently go to (conns[cur]).
 	conns []*pool.Conn
@@ -128,6 +132,15 @@ type session struct {
 	// transaction pooling); running mirrors it for the cancel path.
 	sc      *pool.Conn
 	running atomic.Pointer[pool.Conn]
+	// inBatch is the freeze epoch the session's current batch began in
+	// (0: between batches); frozenHit notes a route into a frozen slot.
+	inBatch   atomic.Uint64
+	inMulti   atomic.Uint64 // likewise, for a batch spanning shards
+	frozenHit bool
+	// txEpoch is the freeze epoch the session's transaction began in (0:
+	// none open): a cutover lets transactions older than its freeze
+	// through and waits for them to end.
+	txEpoch atomic.Uint64
 
 	txStatus byte
 
@@ -408,7 +421,18 @@ func (ss *session) flushBatch() error {
 	if ss.held == 0 && ss.onlyStatementBookkeeping() {
 		return ss.answerBookkeeping()
 	}
+	ss.adoptTopology()
+	ss.enterBatch()
+	defer ss.leaveBatch()
 	ss.planBatch()
+	for f := ss.srv.gate.Load(); f != nil && ss.heldByFreeze(f); f = ss.srv.gate.Load() {
+		if e := ss.waitThaw(f); e != nil {
+			ss.failBatch(e)
+			break
+		}
+		ss.adoptTopology()
+		ss.replanBatch()
+	}
 	if err := ss.execBatch(); err != nil {
 		var ce clientError
 		if errors.As(err, &ce) {
@@ -446,7 +470,7 @@ func (ss *session) releaseAll() {
 			continue
 		}
 		if sc.TxStatus != 'I' {
-			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "node", ss.srv.slotNames[s], "server_status", string(sc.TxStatus))
+			ss.srv.log.Error("BUG: client idle but server in transaction", "pid", ss.pid, "node", ss.topo.slotNames[s], "server_status", string(sc.TxStatus))
 		}
 		ss.useConn(s)
 		ss.detach(false)
@@ -514,11 +538,11 @@ func (ss *session) fatal(e *wire.Error) {
 // session: whatever the client was doing on it is gone, and so is the
 // transaction it had open on the other shards.
 func (ss *session) serverLost(err error) error {
-	shard, addr := ss.srv.shardNames[ss.srv.defShard], ""
+	shard, addr := ss.topo.shardNames[ss.srv.defShard], ""
 	if ss.sc != nil {
 		addr = ss.sc.Addr()
 		if ss.cur >= 0 {
-			shard = ss.srv.slotNames[ss.cur]
+			shard = ss.topo.slotNames[ss.cur]
 		}
 	}
 	ss.serverFailed = true

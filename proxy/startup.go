@@ -15,7 +15,6 @@ import (
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/plan"
-	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
@@ -209,13 +208,9 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	if u.ServerUser != "" {
 		serverUser, serverPass = u.ServerUser, u.ServerPassword
 	}
-	ss.pools = make([]*pool.Pool, len(s.nodes))
-	for i, n := range s.nodes {
-		ss.pools[i] = s.pools.Get(n, serverUser, serverPass, db)
-	}
+	ss.serverUser, ss.serverPass = serverUser, serverPass
+	ss.adoptTopology()
 	ss.pool = ss.pools[s.defShard]
-	ss.conns = make([]*pool.Conn, len(s.nodes))
-	ss.wroteAt = make([]time.Time, len(s.primaries))
 	ss.cur, ss.forceShardIdx = -1, -1
 	ss.unnamedInfos = map[string]*stmtInfo{}
 	ss.queries = map[string][]router.Part{}

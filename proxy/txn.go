@@ -80,7 +80,7 @@ func (ss *session) sendAll(mask uint64, sql func(s int) string) (*wire.Error, er
 // onShard names the shard an error came from.
 func (ss *session) onShard(e *wire.Error, s int) *wire.Error {
 	c := *e
-	d := "on shard " + ss.srv.slotNames[s]
+	d := "on shard " + ss.topo.slotNames[s]
 	if c.Detail != "" {
 		d = c.Detail + " (" + d + ")"
 	}
@@ -91,6 +91,7 @@ func (ss *session) onShard(e *wire.Error, s int) *wire.Error {
 // endTx forgets the transaction; the connections are idle again.
 func (ss *session) endTx() {
 	ss.tx = txn{}
+	ss.noteTxEpoch()
 }
 
 // rollbackAll rolls back the transaction on every shard it joined.
@@ -149,7 +150,7 @@ func (ss *session) commitAll() (*wire.Error, error) {
 	names := make([]string, 0, bitsCount(wrote))
 	for s := range ss.conns {
 		if wrote&(1<<uint(s)) != 0 {
-			names = append(names, ss.srv.shardNames[s])
+			names = append(names, ss.topo.shardNames[s])
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

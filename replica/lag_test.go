@@ -149,11 +149,11 @@ func fakeMonitor(t *testing.T, weights ...int) *Monitor {
 }
 
 func feed(m *Monitor, node int, inRecovery bool, lsn uint64, ts time.Time) {
-	m.shards[0].record(node, probeResult{inRecovery: inRecovery, lsn: lsn, sent: ts, recv: ts})
+	m.list()[0].record(node, probeResult{inRecovery: inRecovery, lsn: lsn, sent: ts, recv: ts})
 }
 
 func feedErr(m *Monitor, node int, ts time.Time) {
-	m.shards[0].record(node, probeResult{err: errors.New("boom"), sent: ts, recv: ts})
+	m.list()[0].record(node, probeResult{err: errors.New("boom"), sent: ts, recv: ts})
 }
 
 func TestPickFilters(t *testing.T) {
@@ -307,7 +307,7 @@ func BenchmarkPick(b *testing.B) {
 	}
 	t0 := time.Now()
 	for i := range 5 {
-		m.shards[0].record(i, probeResult{inRecovery: i > 0, lsn: 100, sent: t0, recv: t0})
+		m.list()[0].record(i, probeResult{inRecovery: i > 0, lsn: 100, sent: t0, recv: t0})
 	}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -58,10 +58,13 @@ type Config struct {
 // Monitor probes every node and answers the executor's routing questions.
 // Create it with New, start it with Start, stop it with Close.
 type Monitor struct {
-	cfg    Config
-	log    *slog.Logger
-	shards []*shard
-	byName map[string]int
+	cfg Config
+	log *slog.Logger
+	// set is replaced whole when a shard is added (AddShard), so the
+	// routing questions read it without a lock.
+	set atomic.Pointer[shardSet]
+
+	ctx context.Context // the probes' context, once started
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -137,26 +140,72 @@ func New(cfg Config) (*Monitor, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Monitor{cfg: cfg, log: cfg.Logger, byName: make(map[string]int, len(cfg.Shards))}
-	for i, sc := range cfg.Shards {
-		if _, dup := m.byName[sc.Name]; dup {
-			return nil, fmt.Errorf("replica: shard %q configured twice", sc.Name)
+	m := &Monitor{cfg: cfg, log: cfg.Logger}
+	m.set.Store(&shardSet{byName: map[string]int{}})
+	for _, sc := range cfg.Shards {
+		if _, err := m.add(sc); err != nil {
+			return nil, err
 		}
-		m.byName[sc.Name] = i
-		s := &shard{name: sc.Name, primary: -1, log: m.log}
-		s.hist = lsnHistory{window: cfg.History, max: int(cfg.History/cfg.Interval)*2 + 16}
-		for j, nc := range append([]NodeConfig{sc.Primary}, sc.Replicas...) {
-			n, err := newNode(nc, cfg.Timeout)
-			if err != nil {
-				return nil, fmt.Errorf("replica: shard %q node %d: %w", sc.Name, j, err)
-			}
-			s.nodes = append(s.nodes, n)
-		}
-		s.st = make([]probeState, len(s.nodes))
-		s.publishLocked()
-		m.shards = append(m.shards, s)
 	}
 	return m, nil
+}
+
+// shardSet is the monitor's shards, by index and by name.
+type shardSet struct {
+	shards []*shard
+	byName map[string]int
+}
+
+func (m *Monitor) list() []*shard { return m.set.Load().shards }
+
+// add publishes one more shard (callers serialize through m.mu or own m).
+func (m *Monitor) add(sc ShardConfig) (*shard, error) {
+	old := m.set.Load()
+	if _, dup := old.byName[sc.Name]; dup {
+		return nil, fmt.Errorf("replica: shard %q configured twice", sc.Name)
+	}
+	s := &shard{name: sc.Name, primary: -1, log: m.log}
+	s.hist = lsnHistory{window: m.cfg.History, max: int(m.cfg.History/m.cfg.Interval)*2 + 16}
+	for j, nc := range append([]NodeConfig{sc.Primary}, sc.Replicas...) {
+		n, err := newNode(nc, m.cfg.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("replica: shard %q node %d: %w", sc.Name, j, err)
+		}
+		s.nodes = append(s.nodes, n)
+	}
+	s.st = make([]probeState, len(s.nodes))
+	s.publishLocked()
+	next := &shardSet{shards: append(append([]*shard(nil), old.shards...), s), byName: make(map[string]int, len(old.byName)+1)}
+	for k, v := range old.byName {
+		next.byName[k] = v
+	}
+	next.byName[sc.Name] = len(old.shards)
+	m.set.Store(next)
+	return s, nil
+}
+
+// AddShard starts watching one more shard (shard add), as index Shards().
+func (m *Monitor) AddShard(sc ShardConfig) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, err := m.add(sc)
+	if err != nil {
+		return err
+	}
+	if m.ctx != nil {
+		m.startShard(m.ctx, s)
+	}
+	return nil
+}
+
+func (m *Monitor) startShard(ctx context.Context, s *shard) {
+	for i := range s.nodes {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.loop(ctx, s, i)
+		}()
+	}
 }
 
 func newNode(nc NodeConfig, timeout time.Duration) (*node, error) {
@@ -196,14 +245,9 @@ func (m *Monitor) Start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
-	for _, s := range m.shards {
-		for i := range s.nodes {
-			m.wg.Add(1)
-			go func() {
-				defer m.wg.Done()
-				m.loop(ctx, s, i)
-			}()
-		}
+	m.ctx = ctx
+	for _, s := range m.list() {
+		m.startShard(ctx, s)
 	}
 }
 

@@ -7,20 +7,20 @@ import (
 )
 
 // Shards is the number of configured shards.
-func (m *Monitor) Shards() int { return len(m.shards) }
+func (m *Monitor) Shards() int { return len(m.list()) }
 
 // ShardIndex maps a shard name to its index.
 func (m *Monitor) ShardIndex(name string) (int, bool) {
-	i, ok := m.byName[name]
+	i, ok := m.set.Load().byName[name]
 	return i, ok
 }
 
 // Nodes is the number of nodes of shard (primary and replicas).
 func (m *Monitor) Nodes(shard int) int {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return 0
 	}
-	return len(m.shards[shard].nodes)
+	return len(m.list()[shard].nodes)
 }
 
 // Addr is the label (host:port) of a node, for logs and pool lookups.
@@ -40,10 +40,10 @@ func (m *Monitor) DSN(shard, node int) string {
 }
 
 func (m *Monitor) node(shard, node int) *node {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return nil
 	}
-	s := m.shards[shard]
+	s := m.list()[shard]
 	if node < 0 || node >= len(s.nodes) {
 		return nil
 	}
@@ -55,10 +55,10 @@ func (m *Monitor) node(shard, node int) *node {
 // case writes must fail rather than go anywhere else. node is -1 when no
 // node has been seen out of recovery yet.
 func (m *Monitor) Primary(shard int) (node int, healthy bool) {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return -1, false
 	}
-	snap := m.shards[shard].snap.Load()
+	snap := m.list()[shard].snap.Load()
 	return snap.primary, snap.primaryOK
 }
 
@@ -73,10 +73,10 @@ func (m *Monitor) Primary(shard int) (node int, healthy bool) {
 // probe reads pg_current_wal_lsn(); sessions that need read-your-writes
 // must not turn it off.
 func (m *Monitor) LSNAfter(shard int, t time.Time) (lsn uint64, ok bool) {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return 0, false
 	}
-	return lsnAfter(m.shards[shard].snap.Load().hist, t)
+	return lsnAfter(m.list()[shard].snap.Load().hist, t)
 }
 
 // Pick chooses the replica of shard to serve a read: among healthy
@@ -89,10 +89,10 @@ func (m *Monitor) LSNAfter(shard int, t time.Time) (lsn uint64, ok bool) {
 // Pick does not count the read; call Acquire on the node used and Release
 // when the query is done. It takes no lock and does not allocate.
 func (m *Monitor) Pick(shard int, maxLag time.Duration, minLSN uint64) (node int, ok bool) {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return -1, false
 	}
-	s := m.shards[shard]
+	s := m.list()[shard]
 	snap := s.snap.Load()
 	best := -1
 	var bestOut, bestW, tieW int64
@@ -128,10 +128,10 @@ func (m *Monitor) Pick(shard int, maxLag time.Duration, minLSN uint64) (node int
 // weighted rendezvous hashing, so when a replica drops out only its own
 // keys move, and they come back when it does.
 func (m *Monitor) PickHash(shard int, maxLag time.Duration, minLSN uint64, key uint64) (node int, ok bool) {
-	if shard < 0 || shard >= len(m.shards) {
+	if shard < 0 || shard >= len(m.list()) {
 		return -1, false
 	}
-	s := m.shards[shard]
+	s := m.list()[shard]
 	snap := s.snap.Load()
 	best, bestScore := -1, 0.0
 	for i := range snap.nodes {

@@ -48,8 +48,8 @@ type NodeState struct {
 // States is a snapshot of every shard and node for the admin API and
 // metrics. It allocates; do not call it per query.
 func (m *Monitor) States() []ShardState {
-	out := make([]ShardState, len(m.shards))
-	for si, s := range m.shards {
+	out := make([]ShardState, len(m.list()))
+	for si, s := range m.list() {
 		snap := s.snap.Load()
 		ss := ShardState{Name: s.name, Primary: snap.primary, PrimaryHealthy: snap.primaryOK, Nodes: make([]NodeState, len(s.nodes))}
 		if k := len(snap.hist); k > 0 {

@@ -23,7 +23,7 @@ import (
 func (m *Map) Locate(k plan.Key, p *plan.Params) ([]int, error) {
 	t, ok := m.tables[tableKey(k.Table)]
 	if !ok {
-		return m.single[m.def], nil
+		return m.one(m.def), nil
 	}
 	var scratch [64]byte
 	switch {
@@ -32,22 +32,22 @@ func (m *Map) Locate(k plan.Key, p *plan.Params) ([]int, error) {
 		if err != nil {
 			return nil, err
 		}
-		return m.single[m.owner(t, &v)], nil
+		return m.one(m.owner(t, &v)), nil
 	case k.Null:
-		return m.single[m.nullOwner(t)], nil
+		return m.one(m.nullOwner(t)), nil
 	case k.Param > 0:
 		raw, err := param(p, k.Param)
 		if err != nil {
 			return nil, err
 		}
 		if raw == nil {
-			return m.single[m.nullOwner(t)], nil
+			return m.one(m.nullOwner(t)), nil
 		}
 		v, werr := decodeParam(t.Type, p, k.Param, raw, scratch[:0])
 		if werr != nil {
 			return nil, werr
 		}
-		return m.single[m.owner(t, &v)], nil
+		return m.one(m.owner(t, &v)), nil
 	case k.ArrayParam > 0:
 		return m.locateArray(t, p, k.ArrayParam)
 	}
@@ -118,10 +118,11 @@ func (m *Map) locateArray(t *Table, p *plan.Params, n int) ([]int, error) {
 		return nil, err
 	}
 	if raw == nil {
-		return m.single[m.nullOwner(t)], nil
+		return m.one(m.nullOwner(t)), nil
 	}
 	var set shardSet
 	set.init(len(m.Shards))
+	frozen := false
 	var numScratch [64]byte
 	var werr *wire.Error
 	if p.Binary(n) {
@@ -133,7 +134,11 @@ func (m *Map) locateArray(t *Table, p *plan.Params, n int) ([]int, error) {
 			if err != nil {
 				return err
 			}
-			set.add(m.owner(t, &v))
+			if o := m.owner(t, &v); o == Frozen {
+				frozen = true
+			} else {
+				set.add(o)
+			}
 			return nil
 		})
 		if werr == errBinary {
@@ -150,12 +155,19 @@ func (m *Map) locateArray(t *Table, p *plan.Params, n int) ([]int, error) {
 			if err != nil {
 				return err
 			}
-			set.add(m.owner(t, &v))
+			if o := m.owner(t, &v); o == Frozen {
+				frozen = true
+			} else {
+				set.add(o)
+			}
 			return nil
 		})
 	}
 	if werr != nil {
 		return nil, werr
+	}
+	if frozen {
+		return frozenOwners, nil
 	}
 	var shards []int
 	for w, bits := range set.words {
@@ -168,9 +180,9 @@ func (m *Map) locateArray(t *Table, p *plan.Params, n int) ([]int, error) {
 	}
 	switch len(shards) {
 	case 0:
-		return m.single[m.nullOwner(t)], nil
+		return m.one(m.nullOwner(t)), nil
 	case 1:
-		return m.single[shards[0]], nil
+		return m.one(shards[0]), nil
 	}
 	return shards, nil
 }

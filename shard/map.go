@@ -424,3 +424,62 @@ func (m *Map) WithAssignment(version int64, slots []string) (*Map, error) {
 	}
 	return &n, nil
 }
+
+// Frozen is the owner, in a map from WithFrozen, of a slot being handed
+// to another shard: statements touching it wait for the hand-over.
+const Frozen = -1
+
+// frozenOwners is what Locate returns for a key in a frozen slot.
+var frozenOwners = []int{Frozen}
+
+// one is the owner list of shard index i (Frozen included), shared.
+func (m *Map) one(i int) []int {
+	if i < 0 {
+		return frozenOwners
+	}
+	return m.single[i]
+}
+
+// WithFrozen derives a map, of the same version, whose given slots belong
+// to no shard (Frozen): the proxy installs it during a cutover, so every
+// statement touching those slots waits instead of reaching either side.
+func (m *Map) WithFrozen(slots []int) *Map {
+	n := *m
+	n.Slots = append([]int(nil), m.Slots...)
+	for _, s := range slots {
+		if s >= 0 && s < len(n.Slots) {
+			n.Slots[s] = Frozen
+		}
+	}
+	return &n
+}
+
+// FrozenSlots lists the slots a map from WithFrozen holds frozen.
+func (m *Map) FrozenSlots() []int {
+	var out []int
+	for s, o := range m.Slots {
+		if o == Frozen {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// WithShard derives a map with one more shard, last in index order and
+// owning no slots yet (shard add).
+func (m *Map) WithShard(name string) (*Map, error) {
+	if name == "" {
+		return nil, errors.New("a shard needs a name")
+	}
+	if _, dup := m.shardIdx[name]; dup {
+		return nil, fmt.Errorf("shard %q already exists", name)
+	}
+	n := *m
+	n.Shards = append(append([]string(nil), m.Shards...), name)
+	n.shardIdx = make(map[string]int, len(n.Shards))
+	for i, s := range n.Shards {
+		n.shardIdx[s] = i
+	}
+	n.single = append(append([][]int(nil), m.single...), []int{len(m.Shards)})
+	return &n, nil
+}

@@ -30,6 +30,8 @@ const (
 	CodeNoActiveTransaction     = "25P01"
 	CodeActiveTransaction       = "25001"
 	CodeTransactionRollback     = "40000"
+	CodeSerializationFailure    = "40001"
+	CodeLockNotAvailable        = "55P03"
 	CodeInvalidTextRepr         = "22P02"
 )
 

@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/shardproxy/shardproxy/admin"
 )
 
 func main() {
@@ -34,11 +38,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "shardctl: %v\n", err)
+	fmt.Fprintf(stderr, "shardctl: %v%s\n", err, nextStep(err))
 	var ue usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "Run 'shardctl --help' for usage.")
 		return 2
 	}
 	return 1
+}
+
+// nextStep says what to do about the failures whose message does not:
+// the server's own errors carry a hint already.
+func nextStep(err error) string {
+	var he *admin.HTTPError
+	if errors.As(err, &he) && he.Hint == "" && he.StatusCode == http.StatusUnauthorized {
+		return " (pass the proxy's admin token with --token or SHARDCTL_TOKEN)"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return " (is shardproxy running? point --admin or SHARDCTL_ADMIN at its admin listener)"
+	}
+	return ""
 }

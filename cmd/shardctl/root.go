@@ -61,7 +61,7 @@ func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Com
 	pf.StringVar(&g.token, "token", "", "admin API bearer token (env SHARDCTL_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print the API's JSON instead of a table")
 
-	root.AddCommand(newStatusCmd(g))
+	root.AddCommand(newStatusCmd(g), newShardsCmd(g), newShardCmd(g), newRebalanceCmd(g))
 
 	// Stray arguments to a verb are usage errors too.
 	for _, c := range root.Commands() {
@@ -70,8 +70,29 @@ func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Com
 	return root
 }
 
-// wrapArgs turns a command's argument-validation error into a usageError.
+// groupCmd is a verb that only holds others (shard, rebalance): alone it
+// prints its help, and an unknown sub-verb is a usage error rather than
+// cobra's silent help.
+func groupCmd(use, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q", args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+}
+
+// wrapArgs turns the argument-validation errors of a command and its
+// sub-commands into usageErrors.
 func wrapArgs(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		wrapArgs(sub)
+	}
 	check := c.Args
 	if check == nil {
 		return

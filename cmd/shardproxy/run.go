@@ -9,6 +9,8 @@ import (
 	_ "net/http/pprof" // served only when SHARDPROXY_PPROF names an address
 	"os"
 	"os/signal"
+	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/shardproxy/shardproxy/metrics"
 	"github.com/shardproxy/shardproxy/pool"
 	"github.com/shardproxy/shardproxy/proxy"
+	"github.com/shardproxy/shardproxy/rebalance"
 	"github.com/shardproxy/shardproxy/replica"
 	"github.com/shardproxy/shardproxy/shard"
 	"github.com/shardproxy/shardproxy/twophase"
@@ -60,6 +63,12 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		OnWaitTimeout: func() { m.PoolWaitTimeouts.Inc() },
 	})
 	defer pools.Close()
+	stored, err := addStoredShards(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	shardList := &atomic.Pointer[[]config.Shard]{}
+	shardList.Store(&cfg.Shards)
 	mon, err := startReplicaMonitor(cfg, log)
 	if err != nil {
 		return err
@@ -73,7 +82,7 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		defer coord.Close()
 		rctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go coord.Run(rctx, func() []twophase.Shard { return recoveryShards(cfg, mon) }, 0)
+		go coord.Run(rctx, func() []twophase.Shard { return recoveryShards(*shardList.Load(), mon) }, 0)
 	}
 	smap, store, err := loadShardMap(ctx, cfg, log)
 	if err != nil {
@@ -86,10 +95,31 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if err != nil {
 		return err
 	}
+	var orch *rebalance.Orchestrator
 	if store != nil {
 		wctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go watchShardMap(wctx, store, smap, srv, log)
+		go watchShardMap(wctx, store, srv, log)
+		octx, cancel := context.WithTimeout(ctx, time.Minute)
+		orch, err = rebalance.New(octx, rebalance.Options{
+			MetaDSN: metadataDSN(cfg), Config: cfg, Proxy: proxyOps{srv}, Store: store, Log: log, Stored: stored,
+			OnShardAdded: func(sh config.Shard) error {
+				if err := mon.AddShard(replicaShardConfig(sh)); err != nil {
+					return err
+				}
+				list := append(append([]config.Shard(nil), *shardList.Load()...), sh)
+				shardList.Store(&list)
+				return nil
+			},
+		})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("rebalance: %w", err)
+		}
+		defer orch.Close()
+		if err := orch.Register(m.Registry()); err != nil {
+			return err
+		}
 	}
 	if err := srv.Listen(); err != nil {
 		return err
@@ -102,6 +132,7 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		Token:    cfg.Admin.Token,
 		Registry: m.Registry(),
 		Logger:   log,
+		Operator: operator(orch),
 		Status: func() admin.Status {
 			st := admin.Status{
 				Version: version, StartedAt: started, Listen: srv.Addr(), PoolMode: cfg.Pool.Mode,
@@ -147,6 +178,12 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	_ = adm.Shutdown(sctx)
+	if orch != nil {
+		// A move stops where it is (a cutover releases its writes first)
+		// and resumes at the next start.
+		orch.Close()
+		orch = nil
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown cut open transactions", "err", err)
 	}
@@ -215,9 +252,9 @@ func metadataDSN(cfg *config.Config) string {
 // recoveryShards lists the shard primaries in-doubt transactions may be
 // on: after a failover, the promoted replica, which inherited the old
 // primary's prepared transactions with its WAL.
-func recoveryShards(cfg *config.Config, mon *replica.Monitor) []twophase.Shard {
-	out := make([]twophase.Shard, 0, len(cfg.Shards))
-	for i, sh := range cfg.Shards {
+func recoveryShards(shards []config.Shard, mon *replica.Monitor) []twophase.Shard {
+	out := make([]twophase.Shard, 0, len(shards))
+	for i, sh := range shards {
 		dsn := sh.Primary
 		if n, _ := mon.Primary(i); n > 0 {
 			dsn = mon.DSN(i, n)
@@ -256,7 +293,7 @@ func loadShardMap(ctx context.Context, cfg *config.Config, log *slog.Logger) (*s
 
 // watchShardMap installs each new shard map version as soon as the
 // metadata database announces it.
-func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv *proxy.Server, log *slog.Logger) {
+func watchShardMap(ctx context.Context, st *shard.PGStore, srv *proxy.Server, log *slog.Logger) {
 	err := st.Watch(ctx, func(version int64) {
 		if cur := srv.ShardMap(); cur != nil && cur.Version >= version {
 			return
@@ -268,7 +305,8 @@ func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv 
 			log.Warn("load new shard map version", "version", version, "err", err)
 			return
 		}
-		m, err := base.WithAssignment(a.Version, a.Slots)
+		// The current map knows the shards added since the start.
+		m, err := srv.ShardMap().WithAssignment(a.Version, a.Slots)
 		if err != nil {
 			log.Error("new shard map version disagrees with the config; keeping the current one", "version", a.Version, "err", err)
 			return
@@ -287,15 +325,7 @@ func watchShardMap(ctx context.Context, st *shard.PGStore, base *shard.Map, srv 
 func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor, error) {
 	rc := replica.Config{Logger: log}
 	for _, sh := range cfg.Shards {
-		sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary, Addr: dsnAddr(sh.Primary)}}
-		for j, r := range sh.Replicas {
-			nc := replica.NodeConfig{DSN: r, Addr: dsnAddr(r)}
-			if j < len(sh.ReplicaWeights) {
-				nc.Weight = sh.ReplicaWeights[j]
-			}
-			sc.Replicas = append(sc.Replicas, nc)
-		}
-		rc.Shards = append(rc.Shards, sc)
+		rc.Shards = append(rc.Shards, replicaShardConfig(sh))
 	}
 	m, err := replica.New(rc)
 	if err != nil {
@@ -329,4 +359,55 @@ func nodeStats(mon *replica.Monitor) []metrics.NodeStats {
 		}
 	}
 	return out
+}
+
+func replicaShardConfig(sh config.Shard) replica.ShardConfig {
+	sc := replica.ShardConfig{Name: sh.Name, Primary: replica.NodeConfig{DSN: sh.Primary, Addr: dsnAddr(sh.Primary)}}
+	for j, r := range sh.Replicas {
+		nc := replica.NodeConfig{DSN: r, Addr: dsnAddr(r)}
+		if j < len(sh.ReplicaWeights) {
+			nc.Weight = sh.ReplicaWeights[j]
+		}
+		sc.Replicas = append(sc.Replicas, nc)
+	}
+	return sc
+}
+
+// addStoredShards appends the shards added at run time (shard add), kept
+// in the metadata database, to the config's, so a restarted proxy routes
+// to them too. Only a sharded setup (two shards or more) has them.
+func addStoredShards(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]rebalance.StoredShard, error) {
+	if len(cfg.Shards) < 2 {
+		return nil, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	stored, err := rebalance.LoadShards(octx, metadataDSN(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("metadata database %s: %w", dsnAddr(metadataDSN(cfg)), err)
+	}
+	for _, s := range stored {
+		if s.PrimaryDSN == "" || s.State == rebalance.StateRemoved || slices.ContainsFunc(cfg.Shards, func(c config.Shard) bool { return c.Name == s.Name }) {
+			continue
+		}
+		cfg.Shards = append(cfg.Shards, config.Shard{Name: s.Name, Primary: s.PrimaryDSN, Replicas: s.ReplicaDSNs})
+		log.Info("shard added at run time", "shard", s.Name, "primary", dsnAddr(s.PrimaryDSN))
+	}
+	return stored, nil
+}
+
+// proxyOps adapts the proxy server to what the rebalance drives.
+type proxyOps struct{ *proxy.Server }
+
+func (p proxyOps) Freeze(ctx context.Context, source int, slots []int) (rebalance.Hold, error) {
+	return p.FreezeSlots(ctx, source, slots)
+}
+
+// operator is the admin API's operator, nil (verbs answer 503) without
+// an orchestrator.
+func operator(o *rebalance.Orchestrator) admin.Operator {
+	if o == nil {
+		return nil
+	}
+	return o
 }
