@@ -16,7 +16,7 @@ build:
 
 # Starts 2 shards with 1 streaming replica each and the proxy on 127.0.0.1:6432.
 demo: build
-	$(BIN)/shardproxy dev $(DEMO_FLAGS)
+	$(BIN)/shardproxy dev --spares 1 $(DEMO_FLAGS)
 
 test:
 	$(GO) vet ./...
@@ -28,6 +28,13 @@ test-short:
 
 bench:
 	bash bench/run.sh
+
+# Rows/second of `shardctl rebalance start --even --wait` moving pgbench rows
+# to an added shard, against a plain psql \copy pipe of the same rows between
+# the same nodes (SCALE, default 20).
+.PHONY: bench-rebalance
+bench-rebalance:
+	bash bench/rebalance.sh
 
 # Go benchmarks of the per-statement work: planning (router cache hit and
 # miss on pgbench's statements), key hashing and location, merging.

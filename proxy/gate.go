@@ -213,6 +213,11 @@ func (ss *session) heldByFreeze(f *Freeze) bool {
 	for i := range ss.ops {
 		o := &ss.ops[i]
 		if o.unit == nil {
+			// A write forced onto the source (shardproxy.shard) may touch
+			// the frozen slots without routing through them.
+			if !pre && o.tgt == f.source && o.st != nil && o.st.Write && (ss.forceShard != "" || o.st.Hints.Shard != "") {
+				return true
+			}
 			continue
 		}
 		multi = true

@@ -1,17 +1,12 @@
 package rebalance
 
-import (
-	"sync"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the rebalance's Prometheus series.
 type metrics struct {
 	running prometheus.Gauge
 	pause   prometheus.Histogram
 	phases  *prometheus.CounterVec
-	mu      sync.Mutex
 }
 
 func newMetrics() *metrics {

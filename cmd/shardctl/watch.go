@@ -263,8 +263,7 @@ func moveLabel(st admin.RebalanceStatus, i int) string {
 
 // lineView prints one plain line per poll: for logs and pipes.
 type lineView struct {
-	w     io.Writer
-	start time.Time
+	w io.Writer
 }
 
 func (v *lineView) update(st admin.RebalanceStatus) {
