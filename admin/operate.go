@@ -96,8 +96,8 @@ type RebalanceStatus struct {
 	ID int64 `json:"id"` // 0: no rebalance has run
 	// State: "idle", "running", "cancelling", "done", "cancelled", "failed".
 	State string `json:"state"`
-	// Phase of the running move: "prepare", "copy", "catchup", "cutover",
-	// "verify", "cleanup", "rollback" (empty when not running).
+	// Phase of the running move: "prepare", "copy", "catchup", "verify",
+	// "cutover", "cleanup", "rollback" (empty when not running).
 	Phase      string        `json:"phase,omitempty"`
 	StartedAt  time.Time     `json:"started_at,omitzero"`
 	FinishedAt time.Time     `json:"finished_at,omitzero"`
@@ -112,8 +112,8 @@ type RebalanceStatus struct {
 // MoveStatus is one batch of a rebalance.
 type MoveStatus struct {
 	PlannedMove
-	// Phase: "pending", "prepare", "copy", "catchup", "cutover", "verify",
-	// "cleanup", "done", "rollback", "rolled_back", "failed".
+	// Phase: "pending", "prepare", "copy", "catchup", "verify", "cutover",
+	// "cleanup", "done", "rollback", "rolled_back", "skipped".
 	Phase string `json:"phase"`
 	MoveProgress
 	// PauseMillis is how long writes to the moving slots were held at

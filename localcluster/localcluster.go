@@ -619,6 +619,9 @@ func (n *Node) launch(ctx context.Context, port int) error {
 		n.mu.Unlock()
 		return fmt.Errorf("localcluster: %s: already running (pid %d)", n.Name, n.cmd.Process.Pid)
 	}
+	n.mu.Unlock()
+	waitOldPostmaster(ctx, n.DataDir)
+	n.mu.Lock()
 	lf, off, err := n.openLog(fmt.Sprintf("starting postgres on port %d", port))
 	if err != nil {
 		n.mu.Unlock()
@@ -1031,4 +1034,29 @@ func parallel(nodes []*Node, fn func(*Node) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// waitOldPostmaster waits (up to a minute) for a postmaster still running
+// in dataDir to exit: after the launcher of an earlier run died, its
+// servers get SIGINT and finish a fast shutdown, which a rerun right away
+// would otherwise collide with ("lock file postmaster.pid already
+// exists"). It never signals that process.
+func waitOldPostmaster(ctx context.Context, dataDir string) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) && alive(pid) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -25,8 +25,8 @@ const (
 	phasePrepare    = "prepare"
 	phaseCopy       = "copy"
 	phaseCatchup    = "catchup"
-	phaseCutover    = "cutover"
 	phaseVerify     = "verify"
+	phaseCutover    = "cutover"
 	phaseCleanup    = "cleanup"
 	phaseDone       = "done"
 	phaseRollback   = "rollback"
@@ -200,8 +200,6 @@ func (o *Orchestrator) runMove(ctx context.Context, rec *record, r *running, i i
 		}
 		return rollback(fmt.Errorf("move %d: %w", i+1, err))
 	}
-	var snap *Snapshot
-	defer func() { snap.Close() }()
 	for {
 		switch mr.Phase {
 		case phasePending, phasePrepare:
@@ -225,48 +223,38 @@ func (o *Orchestrator) runMove(ctx context.Context, rec *record, r *running, i i
 			if err != nil {
 				return stopped(err)
 			}
-			o.setPhase(rec, r, i, phaseCutover, fmt.Sprintf("caught up (marker round trip %s); cutting over", d.Round(time.Millisecond)))
-		case phaseCutover:
-			version, pause, s, err := o.cutover(pre, rec, i, mv)
+			next := phaseVerify
+			if mr.Verified {
+				next = phaseCutover // verified before an interrupted cutover
+			}
+			o.setPhase(rec, r, i, next, fmt.Sprintf("caught up (marker round trip %s)", d.Round(time.Millisecond)))
+		case phaseVerify:
+			checks, pause, err := o.verifyPoint(pre, rec, i, mv)
 			if err != nil {
 				return stopped(err)
 			}
-			snap = s
-			mr.MapVersion, mr.PauseMillis = version, float64(pause.Microseconds())/1000
 			o.m.pause.Observe(pause.Seconds())
-			o.update(r, func(st *admin.RebalanceStatus) { st.Moves[i].PauseMillis = mr.PauseMillis })
-			o.saveMove(rec, i)
-			o.setPhase(rec, r, i, phaseVerify, fmt.Sprintf("slots switched in shard map version %d; writes paused %s", version, pause.Round(time.Microsecond)))
-		case phaseVerify:
-			// Past the switch: only a shutdown stops what follows.
-			if err := StopReplication(ctx, mv); err != nil {
-				return o.stopOrFail(ctx, i, err)
-			}
-			checks, err := Verify(ctx, mv, snap)
-			snap.Close()
-			if err != nil {
-				return o.stopOrFail(ctx, i, err)
-			}
 			bad := badChecks(checks)
-			mr.Verified = len(bad) == 0
-			mr.VerifyError = ""
-			if !mr.Verified {
-				mr.VerifyError = strings.Join(bad, "; ")
-				if snap == nil {
-					// Resumed after a restart: the snapshot of the target at
-					// the cutover died with the proxy and the target took
-					// writes since, so differences are expected.
-					mr.VerifyError = "not verifiable after a proxy restart (the target changed since the cutover): " + mr.VerifyError
-				}
-			}
+			mr.Verified, mr.VerifyError = len(bad) == 0, strings.Join(bad, "; ")
 			o.update(r, func(st *admin.RebalanceStatus) {
 				st.Moves[i].Verified, st.Moves[i].VerifyError = mr.Verified, mr.VerifyError
 			})
 			o.saveMove(rec, i)
-			if !mr.Verified && snap != nil {
-				return fmt.Errorf("move %d: verification failed, the source keeps its copy of the rows (hidden from the application): %s", i+1, mr.VerifyError)
+			if !mr.Verified {
+				return rollback(fmt.Errorf("move %d: the copy differs from the source, nothing was switched: %s", i+1, mr.VerifyError))
 			}
-			o.setPhase(rec, r, i, phaseCleanup, fmt.Sprintf("verified %d slot checks; deleting the moved rows from %s", len(checks), mr.From))
+			o.setPhase(rec, r, i, phaseCutover, fmt.Sprintf("verified %d slot checks (count and checksum per table and slot) at a consistent point; writes held %s", len(checks), pause.Round(time.Microsecond)))
+		case phaseCutover:
+			version, pause, err := o.cutover(pre, rec, i, mv)
+			if err != nil {
+				return stopped(err)
+			}
+			mr.MapVersion, mr.PauseMillis = version, float64(pause.Microseconds())/1000
+			o.m.pause.Observe(pause.Seconds())
+			o.update(r, func(st *admin.RebalanceStatus) { st.Moves[i].PauseMillis = mr.PauseMillis })
+			o.saveMove(rec, i)
+			o.setPhase(rec, r, i, phaseCleanup, fmt.Sprintf("slots switched in shard map version %d; writes held %s; deleting the moved rows from %s",
+				version, pause.Round(time.Microsecond), mr.From))
 		case phaseCleanup:
 			if err := StopReplication(ctx, mv); err != nil {
 				return o.stopOrFail(ctx, i, err)
@@ -344,145 +332,290 @@ func (o *Orchestrator) followCopy(ctx context.Context, rec *record, r *running, 
 	}
 }
 
-// cutover switches the move's slots to the target with writes to them
-// held at the proxy: freeze, wait out the transactions in flight on the
-// source, wait for the target to apply everything, flip the rows'
-// visibility on both nodes, store the new shard map version (the commit
-// point), release. An attempt that overruns CutoverTimeout is undone and
-// tried again.
-func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move) (int64, time.Duration, *Snapshot, error) {
-	m := o.opts.Proxy.ShardMap()
-	src, ok1 := m.ShardIndex(mv.Source.Name)
-	tgt, ok2 := m.ShardIndex(mv.Target.Name)
-	if !ok1 || !ok2 {
-		return 0, 0, nil, fmt.Errorf("shards %s and %s must both be in the shard map", mv.Source.Name, mv.Target.Name)
-	}
+// retry runs attempt up to CutoverAttempts times, noting each abandoned
+// try in the journal: a freeze that overruns CutoverTimeout is undone and
+// tried again a little later.
+func (o *Orchestrator) retry(ctx context.Context, rec *record, i int, what string, attempt func() error) error {
 	var lastErr error
-	for attempt := 1; attempt <= o.opts.CutoverAttempts; attempt++ {
-		if attempt > 1 {
+	for n := 1; n <= o.opts.CutoverAttempts; n++ {
+		if n > 1 {
 			select {
 			case <-ctx.Done():
-				return 0, 0, nil, ctx.Err()
-			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+				return ctx.Err()
+			case <-time.After(time.Duration(n) * 500 * time.Millisecond):
 			}
 		}
-		version, pause, snap, err := o.cutoverOnce(ctx, mv, src, tgt)
+		err := attempt()
 		if err == nil {
-			return version, pause, snap, nil
+			return nil
 		}
 		if ctx.Err() != nil {
-			return 0, 0, nil, ctx.Err()
+			return ctx.Err()
 		}
 		lastErr = err
-		o.j.note(context.Background(), rec.ID, i, phaseCutover, fmt.Sprintf("cutover attempt %d abandoned, writes released: %v", attempt, err))
-		o.log.Warn("cutover attempt abandoned", "move", mv.ID, "attempt", attempt, "err", err)
+		o.j.note(context.Background(), rec.ID, i, rec.Moves[i].Phase, fmt.Sprintf("%s attempt %d abandoned, writes released: %v", what, n, err))
+		o.log.Warn(what+" attempt abandoned", "move", rec.Moves[i].Idx, "attempt", n, "err", err)
 	}
-	return 0, 0, nil, fmt.Errorf("cutover failed %d times, last: %w", o.opts.CutoverAttempts, lastErr)
+	return fmt.Errorf("%s failed %d times, last: %w", what, o.opts.CutoverAttempts, lastErr)
 }
 
-func (o *Orchestrator) cutoverOnce(ctx context.Context, mv Move, src, tgt int) (int64, time.Duration, *Snapshot, error) {
-	bg := context.Background()
-	// Close to the source first, so the write pause covers only the
-	// last few transactions.
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	_, err := WaitCaughtUp(wctx, mv)
-	cancel()
-	if err != nil {
-		return 0, 0, nil, err
-	}
-	// Every connection the pause needs is opened before it starts.
-	srcConn, err := pgConnect(ctx, mv.Source.DSN)
-	if err != nil {
-		return 0, 0, nil, fmt.Errorf("%s: %w", mv.Source.Name, err)
-	}
-	defer pgClose(srcConn)
-	tgtConn, err := pgConnect(ctx, mv.Target.DSN)
-	if err != nil {
-		return 0, 0, nil, fmt.Errorf("%s: %w", mv.Target.Name, err)
-	}
-	defer pgClose(tgtConn)
-	snapConn, err := pgConnect(ctx, mv.Target.DSN)
-	if err != nil {
-		return 0, 0, nil, fmt.Errorf("%s: %w", mv.Target.Name, err)
-	}
-	snap := &Snapshot{node: mv.Target, conn: snapConn}
-	defer func() {
-		if snap.tx == nil {
-			snap.Close()
-		}
-	}()
+// pointConns are the connections a consistent point uses, opened before
+// the freeze so the pause pays for no connection set-up.
+type pointConns struct {
+	src, tgt *pgx.Conn
+}
 
+func openPointConns(ctx context.Context, mv Move) (*pointConns, error) {
+	src, err := pgConnect(ctx, mv.Source.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", mv.Source.Name, err)
+	}
+	tgt, err := pgConnect(ctx, mv.Target.DSN)
+	if err != nil {
+		pgClose(src)
+		return nil, fmt.Errorf("%s: %w", mv.Target.Name, err)
+	}
+	return &pointConns{src: src, tgt: tgt}, nil
+}
+
+func (c *pointConns) close() {
+	pgClose(c.src)
+	pgClose(c.tgt)
+}
+
+// atConsistentPoint holds every statement touching the move's slots,
+// waits until the target has applied everything the source committed
+// (transactions begun before the freeze end first), then runs fn while
+// the slots are still held, and releases them to the map fn returns (nil:
+// the map from before). It returns how long statements were held and the
+// time each step took.
+func (o *Orchestrator) atConsistentPoint(ctx context.Context, mv Move, src int, conns *pointConns,
+	fn func(ctx context.Context, hold Hold, step func(string, func() error)) (*shard.Map, error)) (time.Duration, []string, error) {
 	cctx, cancel := context.WithTimeout(ctx, o.opts.CutoverTimeout)
 	defer cancel()
 	start := time.Now()
 	hold, err := o.opts.Proxy.Freeze(cctx, src, mv.Slots)
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("freeze: %w", err)
+		return 0, nil, fmt.Errorf("freeze: %w", err)
 	}
-	var (
-		flipped bool
-		next    *shard.Map
-		timings []string
-	)
-	step := func(name string, fn func() error) {
+	timings := []string{fmt.Sprintf("freeze %s", time.Since(start).Round(10*time.Microsecond))}
+	step := func(name string, f func() error) {
 		if err == nil {
 			t0 := time.Now()
-			if err = fn(); err != nil {
+			if err = f(); err != nil {
 				err = fmt.Errorf("%s: %w", name, err)
 			}
 			timings = append(timings, fmt.Sprintf("%s %s", name, time.Since(t0).Round(10*time.Microsecond)))
 		}
 	}
-	timings = append(timings, fmt.Sprintf("freeze %s", time.Since(start).Round(10*time.Microsecond)))
 	step("wait for transactions begun before the freeze", func() error { return hold.WaitTransactions(cctx) })
-	step("wait for prepared transactions on the source", func() error { return waitPrepared(cctx, srcConn) })
-	step("wait for the target to catch up", func() error { return waitMarker(cctx, srcConn, tgtConn, mv) })
-	step("snapshot the target", func() error {
-		tx, err := snapConn.BeginTx(cctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	step("wait for prepared transactions on the source", func() error { return waitPrepared(cctx, conns.src) })
+	step("wait for the target to catch up", func() error { return waitMarker(cctx, conns.src, conns.tgt, mv) })
+	var next *shard.Map
+	if err == nil {
+		next, err = fn(cctx, hold, step)
+	}
+	if err != nil {
+		hold.Release(nil)
+		return time.Since(start), timings, err
+	}
+	hold.Release(next)
+	return time.Since(start), timings, nil
+}
+
+// verifyPoint compares both sides at one consistent point before the
+// switch: with the slots held for a moment, a snapshot is taken on each
+// node, then counts and checksums are computed from the snapshots while
+// the application goes on. A restart simply verifies again: nothing has
+// switched yet.
+func (o *Orchestrator) verifyPoint(ctx context.Context, rec *record, i int, mv Move) ([]SlotCheck, time.Duration, error) {
+	src, ok := o.opts.Proxy.ShardMap().ShardIndex(mv.Source.Name)
+	if !ok {
+		return nil, 0, fmt.Errorf("shard %s is not in the shard map", mv.Source.Name)
+	}
+	var srcSnap, tgtSnap *Snapshot
+	defer func() { srcSnap.Close(); tgtSnap.Close() }()
+	var pause time.Duration
+	err := o.retry(ctx, rec, i, "verification point", func() error {
+		srcSnap.Close()
+		tgtSnap.Close()
+		srcSnap, tgtSnap = nil, nil
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := WaitCaughtUp(wctx, mv)
+		cancel()
+		if err != nil {
+			return err
+		}
+		conns, err := openPointConns(ctx, mv)
+		if err != nil {
+			return err
+		}
+		defer conns.close()
+		sc, err := pgConnect(ctx, mv.Source.DSN)
+		if err != nil {
+			return err
+		}
+		srcSnap = &Snapshot{node: mv.Source, conn: sc}
+		tc, err := pgConnect(ctx, mv.Target.DSN)
+		if err != nil {
+			return err
+		}
+		tgtSnap = &Snapshot{node: mv.Target, conn: tc}
+		var timings []string
+		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, func(cctx context.Context, _ Hold, step func(string, func() error)) (*shard.Map, error) {
+			var err error
+			step("snapshot both nodes", func() error {
+				if err := srcSnap.begin(cctx); err != nil {
+					return err
+				}
+				return tgtSnap.begin(cctx)
+			})
+			return nil, err
+		})
 		if err == nil {
-			_, err = tx.Exec(cctx, "SELECT 1")
-			snap.tx = tx
+			o.log.Info("verification point taken", "move", mv.ID, "pause", pause, "steps", strings.Join(timings, ", "))
 		}
 		return err
 	})
-	step("hold reads spanning shards", func() error { return hold.HoldMulti(cctx) })
-	step("flip visibility", func() error {
-		flipped = true
-		if err := pgHideSlots(cctx, srcConn, mv); err != nil {
+	if err != nil {
+		return nil, pause, err
+	}
+	checks, err := verifyAt(ctx, mv, srcSnap, tgtSnap)
+	return checks, pause, err
+}
+
+// begin opens the snapshot's REPEATABLE READ transaction; the snapshot is
+// taken by its first statement.
+func (s *Snapshot) begin(ctx context.Context) error {
+	tx, err := s.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	s.tx = tx
+	_, err = tx.Exec(ctx, "SELECT 1")
+	return err
+}
+
+// verifyAt compares, per table and slot, count and checksum in two
+// snapshots taken at the same consistent point.
+func verifyAt(ctx context.Context, mv Move, src, tgt *Snapshot) ([]SlotCheck, error) {
+	sums := func(s *Snapshot) (map[string]map[int]pgSlotSum, error) {
+		out := map[string]map[int]pgSlotSum{}
+		for _, t := range mv.Tables {
+			m, err := pgSlotSums(ctx, s.tx, t, mv.Slots, mv.SlotCount)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %s: %w", s.node.Name, t.Name, err)
+			}
+			out[t.Name] = m
+		}
+		return out, nil
+	}
+	// Both sides at once: each scans its own node.
+	var b map[string]map[int]pgSlotSum
+	var berr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b, berr = sums(tgt)
+	}()
+	a, err := sums(src)
+	<-done
+	if err != nil {
+		return nil, err
+	}
+	if berr != nil {
+		return nil, berr
+	}
+	slots := slices.Sorted(slices.Values(mv.Slots))
+	var out []SlotCheck
+	for _, t := range mv.Tables {
+		for _, s := range slots {
+			x, y := a[t.Name][s], b[t.Name][s]
+			if x.sum == "" {
+				x.sum = "0"
+			}
+			if y.sum == "" {
+				y.sum = "0"
+			}
+			out = append(out, SlotCheck{Table: t.Name, Slot: s, SourceRows: x.rows, TargetRows: y.rows, SourceSum: x.sum, TargetSum: y.sum,
+				OK: x.rows == y.rows && x.sum == y.sum})
+		}
+	}
+	return out, nil
+}
+
+// cutover switches the move's slots to the target at a consistent point:
+// the rows' visibility flips on both nodes and the new shard map version
+// is stored (the commit point) while statements to the slots are held.
+func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move) (int64, time.Duration, error) {
+	m := o.opts.Proxy.ShardMap()
+	src, ok1 := m.ShardIndex(mv.Source.Name)
+	tgt, ok2 := m.ShardIndex(mv.Target.Name)
+	if !ok1 || !ok2 {
+		return 0, 0, fmt.Errorf("shards %s and %s must both be in the shard map", mv.Source.Name, mv.Target.Name)
+	}
+	var version int64
+	var pause time.Duration
+	err := o.retry(ctx, rec, i, "cutover", func() error {
+		// Close to the source first, so the pause covers only the last
+		// few transactions.
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := WaitCaughtUp(wctx, mv)
+		cancel()
+		if err != nil {
 			return err
 		}
-		return pgUnhideSlots(cctx, tgtConn, mv.ID)
-	})
-	step("store the shard map", func() error { var err error; next, err = o.switchMap(cctx, mv); return err })
-	if err != nil {
-		// A save that failed on the way back may have committed.
-		if n, ok := o.committed(bg, mv); ok {
-			next, err = n, nil
+		conns, err := openPointConns(ctx, mv)
+		if err != nil {
+			return err
 		}
-	}
-	if err != nil {
-		if flipped {
-			uctx, c := context.WithTimeout(bg, 10*time.Second)
-			if uerr := Unflip(uctx, mv); uerr != nil {
-				err = fmt.Errorf("%w; undoing the flip failed too (retried on the next attempt): %v", err, uerr)
+		defer conns.close()
+		flipped := false
+		var timings []string
+		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, func(cctx context.Context, hold Hold, step func(string, func() error)) (*shard.Map, error) {
+			var next *shard.Map
+			var err error
+			step("hold reads spanning shards", func() error { return hold.HoldMulti(cctx) })
+			step("flip visibility", func() error {
+				flipped = true
+				if err := pgHideSlots(cctx, conns.src, mv); err != nil {
+					return err
+				}
+				return pgUnhideSlots(cctx, conns.tgt, mv.ID)
+			})
+			step("store the shard map", func() error { var err error; next, err = o.switchMap(cctx, mv); return err })
+			if err != nil {
+				// A save that failed on the way back may have committed.
+				if n, ok := o.committed(context.Background(), mv); ok {
+					next, err = n, nil
+				}
 			}
-			c()
+			if err != nil {
+				if flipped {
+					uctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+					if uerr := Unflip(uctx, mv); uerr != nil {
+						err = fmt.Errorf("%w; undoing the flip failed too (retried on the next attempt): %v", err, uerr)
+					}
+					c()
+				}
+				return nil, err
+			}
+			var lsn string
+			if qerr := conns.tgt.QueryRow(cctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); qerr == nil {
+				if v, perr := parseLSN(lsn); perr == nil {
+					o.opts.Proxy.SetReadFloor(tgt, v)
+				}
+			}
+			version = next.Version
+			return next, nil
+		})
+		if err == nil {
+			o.log.Info("cutover done", "move", mv.ID, "slots", len(mv.Slots), "from", mv.Source.Name, "to", mv.Target.Name,
+				"version", version, "pause", pause, "steps", strings.Join(timings, ", "))
 		}
-		snap.Close()
-		hold.Release(nil)
-		return 0, time.Since(start), nil, err
-	}
-	var lsn string
-	if qerr := tgtConn.QueryRow(cctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); qerr == nil {
-		if v, perr := parseLSN(lsn); perr == nil {
-			o.opts.Proxy.SetReadFloor(tgt, v)
-		}
-	}
-	hold.Release(next)
-	pause := time.Since(start)
-	o.log.Info("cutover done", "move", mv.ID, "slots", len(mv.Slots), "from", mv.Source.Name, "to", mv.Target.Name, "version", next.Version, "pause", pause,
-		"steps", strings.Join(timings, ", "))
-	return next.Version, pause, snap, nil
+		return err
+	})
+	return version, pause, err
 }
 
 // waitPrepared waits until the transactions prepared on the source when
@@ -585,7 +718,7 @@ func (o *Orchestrator) settleCutover(ctx context.Context, rec *record) error {
 		next := phaseCatchup
 		msg := "resumed: the cutover had not switched the slots; visibility restored, catching up again"
 		if _, ok := o.committed(ctx, mv); ok {
-			next = phaseVerify
+			next = phaseCleanup
 			msg = "resumed: the cutover had switched the slots"
 		} else if err := Unflip(ctx, mv); err != nil {
 			return fmt.Errorf("resume rebalance %d: undo the interrupted cutover of move %d: %w", rec.ID, i+1, err)

@@ -30,7 +30,9 @@ type Proxy interface {
 	Freeze(ctx context.Context, source int, slots []int) (Hold, error)
 	SetReadFloor(shard int, lsn uint64)
 	AddShard(sh config.Shard, m *shard.Map) error
-	RetireShard(name string) error
+	// RetireShard stops routing to an empty shard and renames it to
+	// tombstone (its index stays until a restart).
+	RetireShard(name, tombstone string) error
 }
 
 // Hold is a running freeze (proxy.Freeze).
@@ -53,8 +55,10 @@ type Options struct {
 	// of Config.Shards when the proxy started.
 	Stored []StoredShard
 	// OnShardAdded is called before the proxy routes to a new shard
-	// (replica monitor, 2PC recovery list).
-	OnShardAdded func(config.Shard) error
+	// (replica monitor, 2PC recovery list); OnShardRemoved after it stops
+	// routing to one, renamed to tombstone.
+	OnShardAdded   func(config.Shard) error
+	OnShardRemoved func(name, tombstone string)
 	// BatchSlots bounds the slots of one move (DefaultBatchSlots).
 	BatchSlots int
 	// CutoverTimeout bounds one cutover attempt's write pause (2s);
@@ -242,10 +246,17 @@ func (o *Orchestrator) AddShard(ctx context.Context, req admin.AddShardRequest) 
 			}
 		}
 	}
+	m := o.opts.Proxy.ShardMap()
+	nm, err := m.WithShard(req.Name)
+	if err != nil {
+		return admin.ShardInfo{}, conflict(err.Error(), "Pick another name; shardctl shards lists the existing ones.")
+	}
+	if len(m.FrozenSlots()) > 0 {
+		return admin.ShardInfo{}, conflict("a cutover is running", "Try again in a moment.")
+	}
 	if err := checkNewPrimary(ctx, req.Primary); err != nil {
 		return admin.ShardInfo{}, err
 	}
-	m := o.opts.Proxy.ShardMap()
 	from := o.nodeOf(m.Shards[m.Default()])
 	to := Node{Name: req.Name, DSN: req.Primary}
 	tables := append(m.TableNames(), m.ReferenceTables()...)
@@ -261,10 +272,6 @@ func (o *Orchestrator) AddShard(ctx context.Context, req admin.AddShardRequest) 
 	if err := o.j.saveShard(ctx, StoredShard{Name: req.Name, PrimaryDSN: req.Primary, ReplicaDSNs: req.Replicas, State: StateActive}); err != nil {
 		return admin.ShardInfo{}, err
 	}
-	nm, err := m.WithShard(req.Name)
-	if err != nil {
-		return admin.ShardInfo{}, err
-	}
 	if o.opts.OnShardAdded != nil {
 		if err := o.opts.OnShardAdded(sh); err != nil {
 			return admin.ShardInfo{}, err
@@ -274,6 +281,7 @@ func (o *Orchestrator) AddShard(ctx context.Context, req admin.AddShardRequest) 
 		return admin.ShardInfo{}, err
 	}
 	e := shardEntry{Shard: sh, State: StateActive}
+	o.shards = slices.DeleteFunc(o.shards, func(x shardEntry) bool { return x.Name == req.Name })
 	o.shards = append(o.shards, e)
 	o.log.Info("shard added", "shard", req.Name, "primary", dsnAddr(req.Primary))
 	return o.info(e, nm), nil
@@ -378,10 +386,21 @@ func (o *Orchestrator) RemoveShard(ctx context.Context, name string) error {
 	if err := o.j.saveShard(ctx, StoredShard{Name: name, PrimaryDSN: e.Primary, ReplicaDSNs: e.Replicas, State: StateRemoved}); err != nil {
 		return err
 	}
-	if err := o.opts.Proxy.RetireShard(name); err != nil {
+	tomb := name + "~removed"
+	for n := 2; slices.ContainsFunc(o.shards, func(x shardEntry) bool { return x.Name == tomb }); n++ {
+		tomb = fmt.Sprintf("%s~removed%d", name, n)
+	}
+	if err := o.opts.Proxy.RetireShard(name, tomb); err != nil {
 		return err
 	}
-	o.setState(name, StateRemoved)
+	if o.opts.OnShardRemoved != nil {
+		o.opts.OnShardRemoved(name, tomb)
+	}
+	for i := range o.shards {
+		if o.shards[i].Name == name {
+			o.shards[i].Name, o.shards[i].State = tomb, StateRemoved
+		}
+	}
 	return nil
 }
 

@@ -6,15 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/shardproxy/shardproxy/localcluster"
 )
 
 // CopySchema creates on `to` the tables (with their indexes, constraints,
@@ -66,7 +66,7 @@ func CopySchema(ctx context.Context, from, to Node, tables []string) error {
 			keepOwner = false
 		}
 	}
-	bin, err := localcluster.FindBinDir("")
+	pgDump, err := findPgDump()
 	if err != nil {
 		return fmt.Errorf("rebalance: CopySchema: %w", err)
 	}
@@ -81,7 +81,7 @@ func CopySchema(ctx context.Context, from, to Node, tables []string) error {
 	}
 	dumpCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(dumpCtx, filepath.Join(bin, "pg_dump"), args...)
+	cmd := exec.CommandContext(dumpCtx, pgDump, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -286,4 +286,27 @@ func CopyData(ctx context.Context, from, to Node, table string) (int64, error) {
 		return 0, fmt.Errorf("rebalance: %s: %w", to.Name, err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// findPgDump locates pg_dump: the newest /usr/lib/postgresql/*/bin (a
+// pg_dump reads servers up to its own version), then PATH. Only the client
+// package is needed (the container image has no server binaries).
+func findPgDump() (string, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_dump")
+	best, bestVer := "", -1
+	for _, p := range dirs {
+		v, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(p))))
+		if err == nil && v > bestVer {
+			if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+				best, bestVer = p, v
+			}
+		}
+	}
+	if best != "" {
+		return best, nil
+	}
+	if p, err := exec.LookPath("pg_dump"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("pg_dump not found: install the PostgreSQL client (postgresql-client-15 or later) or put pg_dump on PATH")
 }
