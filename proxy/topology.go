@@ -156,8 +156,9 @@ func (ss *session) adoptTopology() {
 
 // RetireShard stops routing to a shard that owns no slots any more
 // (shard remove): fan-out statements leave it out from their next batch.
-// Its node number stays taken until the proxy restarts.
-func (s *Server) RetireShard(name string) error {
+// Its index stays taken until the proxy restarts, under the name
+// tombstone, so the name itself can be added again.
+func (s *Server) RetireShard(name, tombstone string) error {
 	s.topoMu.Lock()
 	defer s.topoMu.Unlock()
 	t := s.topo.Load()
@@ -173,8 +174,17 @@ func (s *Server) RetireShard(name string) error {
 			return fmt.Errorf("shard %s still owns slots", name)
 		}
 	}
+	m, err := s.smap.Load().RenameShard(name, tombstone)
+	if err != nil {
+		return err
+	}
 	n := *t
 	n.allShards = slices.DeleteFunc(slices.Clone(t.allShards), func(x int) bool { return x == i })
+	n.shardNames = slices.Clone(t.shardNames)
+	n.shardNames[i] = tombstone
+	n.slotNames = slices.Clone(t.slotNames)
+	n.slotNames[i] = tombstone
 	s.topo.Store(&n)
+	s.smap.Store(m)
 	return nil
 }

@@ -461,3 +461,24 @@ func (s *shard) publishLocked() {
 	}
 	s.snap.Store(snap)
 }
+
+// RenameShard gives shard old another name (a removed shard, whose name
+// may then be added again).
+func (m *Monitor) RenameShard(old, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	set := m.set.Load()
+	i, ok := set.byName[old]
+	if !ok {
+		return fmt.Errorf("replica: no shard %q", old)
+	}
+	next := &shardSet{shards: set.shards, byName: make(map[string]int, len(set.byName))}
+	for k, v := range set.byName {
+		if k != old {
+			next.byName[k] = v
+		}
+	}
+	next.byName[name] = i
+	m.set.Store(next)
+	return nil
+}

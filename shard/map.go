@@ -483,3 +483,24 @@ func (m *Map) WithShard(name string) (*Map, error) {
 	n.single = append(append([][]int(nil), m.single...), []int{len(m.Shards)})
 	return &n, nil
 }
+
+// RenameShard derives a map in which shard old is called name (its index
+// and slots unchanged): a removed shard keeps its index under another
+// name, so its name can be added again.
+func (m *Map) RenameShard(old, name string) (*Map, error) {
+	i, ok := m.shardIdx[old]
+	if !ok {
+		return nil, fmt.Errorf("no shard named %q", old)
+	}
+	if _, dup := m.shardIdx[name]; dup {
+		return nil, fmt.Errorf("shard %q already exists", name)
+	}
+	n := *m
+	n.Shards = append([]string(nil), m.Shards...)
+	n.Shards[i] = name
+	n.shardIdx = make(map[string]int, len(n.Shards))
+	for j, s := range n.Shards {
+		n.shardIdx[s] = j
+	}
+	return &n, nil
+}

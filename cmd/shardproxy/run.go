@@ -111,6 +111,13 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 				shardList.Store(&list)
 				return nil
 			},
+			OnShardRemoved: func(name, tombstone string) {
+				if err := mon.RenameShard(name, tombstone); err != nil {
+					log.Warn("replica monitor: rename removed shard", "err", err)
+				}
+				list := slices.DeleteFunc(append([]config.Shard(nil), *shardList.Load()...), func(s config.Shard) bool { return s.Name == name })
+				shardList.Store(&list)
+			},
 		})
 		cancel()
 		if err != nil {
@@ -254,9 +261,11 @@ func metadataDSN(cfg *config.Config) string {
 // primary's prepared transactions with its WAL.
 func recoveryShards(shards []config.Shard, mon *replica.Monitor) []twophase.Shard {
 	out := make([]twophase.Shard, 0, len(shards))
-	for i, sh := range shards {
+	for _, sh := range shards {
 		dsn := sh.Primary
-		if n, _ := mon.Primary(i); n > 0 {
+		if i, ok := mon.ShardIndex(sh.Name); !ok {
+			continue
+		} else if n, _ := mon.Primary(i); n > 0 {
 			dsn = mon.DSN(i, n)
 		}
 		out = append(out, twophase.Shard{Name: sh.Name, DSN: dsn})
