@@ -583,6 +583,17 @@ func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move)
 				}
 				return pgUnhideSlots(cctx, conns.tgt, mv.ID)
 			})
+			// Replication stops for good before the switch: once the
+			// target owns the rows, a restarted apply worker must never
+			// replay old changes over new writes (PostgreSQL 15 loses a
+			// subscription's origin progress when a DROP SUBSCRIPTION
+			// fails, and then streams again from the slot's older
+			// confirmed position).
+			disabled := false
+			step("stop replication", func() error {
+				disabled = true
+				return disableSubscription(cctx, conns.tgt, mv)
+			})
 			step("store the shard map", func() error { var err error; next, err = o.switchMap(cctx, mv); return err })
 			if err != nil {
 				// A save that failed on the way back may have committed.
@@ -591,12 +602,17 @@ func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move)
 				}
 			}
 			if err != nil {
+				uctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+				defer c()
 				if flipped {
-					uctx, c := context.WithTimeout(context.Background(), 10*time.Second)
 					if uerr := Unflip(uctx, mv); uerr != nil {
 						err = fmt.Errorf("%w; undoing the flip failed too (retried on the next attempt): %v", err, uerr)
 					}
-					c()
+				}
+				if disabled {
+					if eerr := enableSubscription(uctx, mv); eerr != nil {
+						err = fmt.Errorf("%w; enabling the subscription again failed too: %v", err, eerr)
+					}
 				}
 				return nil, err
 			}
@@ -722,6 +738,8 @@ func (o *Orchestrator) settleCutover(ctx context.Context, rec *record) error {
 			msg = "resumed: the cutover had switched the slots"
 		} else if err := Unflip(ctx, mv); err != nil {
 			return fmt.Errorf("resume rebalance %d: undo the interrupted cutover of move %d: %w", rec.ID, i+1, err)
+		} else if err := enableSubscription(ctx, mv); err != nil {
+			return fmt.Errorf("resume rebalance %d: resume the replication of move %d: %w", rec.ID, i+1, err)
 		}
 		rec.Moves[i].Phase = next
 		if err := o.j.setPhase(ctx, rec.ID, i, next, fmt.Sprintf("move %d: %s", i+1, msg)); err != nil {
@@ -741,4 +759,45 @@ func parseLSN(s string) (uint64, error) {
 		return 0, fmt.Errorf("bad LSN %q: %w", s, err)
 	}
 	return h<<32 | l, nil
+}
+
+// disableSubscription stops the move's subscription and waits until its
+// apply worker has exited, so nothing more is applied on the target.
+func disableSubscription(ctx context.Context, tgt *pgx.Conn, mv Move) error {
+	name := pgObjName(mv.ID)
+	if _, err := tgt.Exec(ctx, "ALTER SUBSCRIPTION "+pgx.Identifier{name}.Sanitize()+" DISABLE"); err != nil {
+		return err
+	}
+	// An idle apply worker notices the change only at its next wake-up
+	// (up to a second): end it now; disabled, it is not restarted.
+	if _, err := tgt.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", name); err != nil {
+		return err
+	}
+	for wait := 200 * time.Microsecond; ; wait = min(wait*2, 5*time.Millisecond) {
+		var running bool
+		if err := tgt.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL)", name).Scan(&running); err != nil {
+			return err
+		}
+		if !running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("apply worker of %s still running: %w", name, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// enableSubscription lets the move's subscription stream again (a
+// cutover that did not switch). No-op when it does not exist.
+func enableSubscription(ctx context.Context, mv Move) error {
+	return pgWithNode(ctx, mv.Target, func(conn *pgx.Conn) error {
+		oid, err := pgSubscriptionOID(ctx, conn, mv.ID)
+		if err != nil || oid == 0 {
+			return err
+		}
+		_, err = conn.Exec(ctx, "ALTER SUBSCRIPTION "+pgx.Identifier{pgObjName(mv.ID)}.Sanitize()+" ENABLE")
+		return err
+	})
 }
