@@ -572,7 +572,7 @@ func (o *Orchestrator) RebalanceStatus(ctx context.Context) (admin.RebalanceStat
 		rate := float64(st.Totals.RowsCopied) / time.Since(st.StartedAt).Seconds()
 		st.ETASeconds = float64(st.Totals.RowsTotal-st.Totals.RowsCopied) / rate
 	}
-	if notes, err := o.j.logTail(ctx, st.ID, 20); err == nil {
+	if notes, err := o.j.logTail(ctx, st.ID, 50); err == nil {
 		st.Log = notes
 	}
 	return st, nil
