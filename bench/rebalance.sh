@@ -247,6 +247,7 @@ main() {
 	acc_slots_done=$(jq -c '[.moves[] | {from, slots: (.slots | sort)}] | sort' "$TMP/status.json")
 	[[ $acc_slots_plan == "$acc_slots_done" ]] || log "WARNING: the rebalance moved other slots than planned; the plain copy used the plan's"
 	log "rebalance: $(jq -c '[.moves[] | {from, to, rows_total, pause_ms, verified}]' "$TMP/status.json")"
+	jq -r '.log[]? | "  journal \(.at) move=\(.move) \(.phase): \(.message)"' "$TMP/status.json" >&2
 
 	# The copy phases alone, from the journal: each move's "copy" entry to
 	# its "catchup" entry (differences only, so the zone does not matter).

@@ -433,6 +433,10 @@ func (c *Cluster) writeConf(n *Node) error {
 		"shared_buffers":            "128MB",
 		"logging_collector":         "off", // stderr goes to LogFile, which we own
 		"password_encryption":       "scram-sha-256",
+		// The logical replication launcher starts a new subscription's
+		// worker at most this often (default 5s): every slot move
+		// creates one. Also how soon a replica retries its primary.
+		"wal_retrieve_retry_interval": "500ms",
 	}
 	for k, v := range c.opts.ExtraConf {
 		settings[k] = v

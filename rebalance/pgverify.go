@@ -266,7 +266,7 @@ func pgSlotSums(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, t Table, slots []int, slotCount int) (map[int]pgSlotSum, error) {
 	expr := pgSlotExpr(t, slotCount, "t")
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s AS slot, count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s AS slot, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text
 		FROM %s t WHERE %s IN (%s) GROUP BY 1`, expr, pgTableIdent(t.Name), expr, pgIntList(slots)))
 	if err != nil {
 		return nil, err

@@ -166,10 +166,19 @@ func TestParseKeyType(t *testing.T) {
 }
 
 func TestSlotExpr(t *testing.T) {
-	got := SlotExpr("k", Bigint, 256)
+	got := NumericSlotExpr("k", Bigint, 256)
 	want := "coalesce(((hashint8extended(k, 8816678312871386365)::numeric + 5305509591434766563 + 18446744073709551616) % 18446744073709551616) % 256, 0)"
 	if got != want {
+		t.Errorf("NumericSlotExpr:\n got %s\nwant %s", got, want)
+	}
+	// 5305509591434766563 & 255 = 227.
+	got = SlotExpr("k", Bigint, 256)
+	want = "coalesce(((hashint8extended(k, 8816678312871386365) & 255) + 227) & 255, 0)"
+	if got != want {
 		t.Errorf("SlotExpr:\n got %s\nwant %s", got, want)
+	}
+	if got := SlotExpr("k", Bigint, 100); got != NumericSlotExpr("k", Bigint, 100) {
+		t.Errorf("SlotExpr with 100 slots: %s", got)
 	}
 }
 

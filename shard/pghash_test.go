@@ -121,8 +121,11 @@ END $$;`, table, sqlType, pgSlots-1, pgSlots)
 	if typ.Kind == Int8 {
 		product = fmt.Sprintf("((hashint8extended(k, 8816678312871386365)::numeric + 5305509591434766563 + 18446744073709551616) %% 18446744073709551616) %% %d", pgSlots)
 	}
-	rows, err := conn.Query(ctx, fmt.Sprintf("SELECT id, tableoid::regclass::text, %s(k), %s, %s FROM %s",
-		send, SlotExpr("k", typ, pgSlots), product, table), pgx.QueryExecModeSimpleProtocol)
+	// SlotExpr's bitwise form (power-of-two counts) and the numeric form
+	// are both checked against PostgreSQL's choice, and the numeric form
+	// also with a count that is not a power of two against Go.
+	rows, err := conn.Query(ctx, fmt.Sprintf("SELECT id, tableoid::regclass::text, %s(k), %s, %s, %s, %s FROM %s",
+		send, SlotExpr("k", typ, pgSlots), product, NumericSlotExpr("k", typ, pgSlots), NumericSlotExpr("k", typ, 100), table), pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,9 +143,11 @@ END $$;`, table, sqlType, pgSlots-1, pgSlots)
 			sent      []byte
 			expr      int
 			prodSlot  *int
+			numSlot   int
+			num100    int
 			remainder int
 		)
-		if err := rows.Scan(&id, &part, &sent, &expr, &prodSlot); err != nil {
+		if err := rows.Scan(&id, &part, &sent, &expr, &prodSlot, &numSlot, &num100); err != nil {
 			t.Fatal(err)
 		}
 		seen++
@@ -172,6 +177,12 @@ END $$;`, table, sqlType, pgSlots-1, pgSlots)
 		}
 		if expr != remainder {
 			report("%s key %q: SlotExpr gives %d, PostgreSQL chose %d", sqlType, keys[id], expr, remainder)
+		}
+		if numSlot != remainder {
+			report("%s key %q: NumericSlotExpr gives %d, PostgreSQL chose %d", sqlType, keys[id], numSlot, remainder)
+		}
+		if want := SlotOfHash(h, 100); err == nil && num100 != want {
+			report("%s key %q: NumericSlotExpr with 100 slots gives %d, Go %d", sqlType, keys[id], num100, want)
 		}
 		if prodSlot != nil && *prodSlot != remainder {
 			report("%s key %q: PRODUCT.md's expression gives %d, PostgreSQL chose %d", sqlType, keys[id], *prodSlot, remainder)
