@@ -110,14 +110,21 @@ func (ss *session) noteTxEpoch() {
 // HoldMulti extends the freeze to every statement that spans shards, and
 // returns once those already running are done.
 func (f *Freeze) HoldMulti(ctx context.Context) error {
+	return f.StartHoldMulti()(ctx)
+}
+
+// StartHoldMulti starts holding statements that span shards and returns
+// the wait for those already running, so a caller can let them drain
+// while it waits for other things.
+func (f *Freeze) StartHoldMulti() func(context.Context) error {
 	f.multi.Store(true)
-	return f.srv.graceMulti(ctx)
+	e := f.srv.epoch.Add(1)
+	return func(ctx context.Context) error { return f.srv.graceMulti(ctx, e) }
 }
 
 // graceMulti waits until no session runs a batch spanning shards that it
-// began before now.
-func (s *Server) graceMulti(ctx context.Context) error {
-	e := s.epoch.Add(1)
+// began before epoch e.
+func (s *Server) graceMulti(ctx context.Context, e uint64) error {
 	tick := time.NewTicker(200 * time.Microsecond)
 	defer tick.Stop()
 	for {

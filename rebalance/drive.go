@@ -389,7 +389,7 @@ func (c *pointConns) close() {
 // the slots are still held, and releases them to the map fn returns (nil:
 // the map from before). It returns how long statements were held and the
 // time each step took.
-func (o *Orchestrator) atConsistentPoint(ctx context.Context, mv Move, src int, conns *pointConns,
+func (o *Orchestrator) atConsistentPoint(ctx context.Context, mv Move, src int, conns *pointConns, holdMulti bool,
 	fn func(ctx context.Context, hold Hold, step func(string, func() error)) (*shard.Map, error)) (time.Duration, []string, error) {
 	cctx, cancel := context.WithTimeout(ctx, o.opts.CutoverTimeout)
 	defer cancel()
@@ -399,6 +399,12 @@ func (o *Orchestrator) atConsistentPoint(ctx context.Context, mv Move, src int, 
 		return 0, nil, fmt.Errorf("freeze: %w", err)
 	}
 	timings := []string{fmt.Sprintf("freeze %s", time.Since(start).Round(10*time.Microsecond))}
+	// Statements spanning shards (which the flip must not cut through)
+	// drain while the waits below run, rather than after them.
+	waitMulti := func(context.Context) error { return nil }
+	if holdMulti {
+		waitMulti = hold.StartHoldMulti()
+	}
 	step := func(name string, f func() error) {
 		if err == nil {
 			t0 := time.Now()
@@ -411,6 +417,7 @@ func (o *Orchestrator) atConsistentPoint(ctx context.Context, mv Move, src int, 
 	step("wait for transactions begun before the freeze", func() error { return hold.WaitTransactions(cctx) })
 	step("wait for prepared transactions on the source", func() error { return waitPrepared(cctx, conns.src) })
 	step("wait for the target to catch up", func() error { return waitMarker(cctx, conns.src, conns.tgt, mv) })
+	step("wait for statements spanning shards", func() error { return waitMulti(cctx) })
 	var next *shard.Map
 	if err == nil {
 		next, err = fn(cctx, hold, step)
@@ -462,7 +469,7 @@ func (o *Orchestrator) verifyPoint(ctx context.Context, rec *record, i int, mv M
 		}
 		tgtSnap = &Snapshot{node: mv.Target, conn: tc}
 		var timings []string
-		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, func(cctx context.Context, _ Hold, step func(string, func() error)) (*shard.Map, error) {
+		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, false, func(cctx context.Context, _ Hold, step func(string, func() error)) (*shard.Map, error) {
 			var err error
 			step("snapshot both nodes", func() error {
 				if err := srcSnap.begin(cctx); err != nil {
@@ -572,10 +579,9 @@ func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move)
 		defer conns.close()
 		flipped := false
 		var timings []string
-		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, func(cctx context.Context, hold Hold, step func(string, func() error)) (*shard.Map, error) {
+		pause, timings, err = o.atConsistentPoint(ctx, mv, src, conns, true, func(cctx context.Context, _ Hold, step func(string, func() error)) (*shard.Map, error) {
 			var next *shard.Map
 			var err error
-			step("hold reads spanning shards", func() error { return hold.HoldMulti(cctx) })
 			step("flip visibility", func() error {
 				flipped = true
 				if err := pgHideSlots(cctx, conns.src, mv); err != nil {

@@ -41,6 +41,9 @@ type Hold interface {
 	// freeze (let through to the source) to end.
 	WaitTransactions(ctx context.Context) error
 	HoldMulti(ctx context.Context) error
+	// StartHoldMulti holds them from now on and returns the wait for
+	// those already running.
+	StartHoldMulti() func(context.Context) error
 	Release(next *shard.Map)
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shardproxy/shardproxy/admin"
 )
 
@@ -82,9 +84,55 @@ func TestRebalanceUnderPgbench(t *testing.T) {
 		t.Logf("plan: before %v after %v", p.Before, p.After)
 	}
 
+	// Fan-out reads through the proxy during the whole rebalance: the
+	// number of accounts never changes, so every count must be exactly
+	// 200000: a row seen twice (on its old and new shard) or missed (on
+	// neither) would show.
+	readStop := make(chan struct{})
+	readDone := make(chan []string, 1)
+	go func() {
+		var bad []string
+		reads := 0
+		conn, err := pgx.Connect(context.Background(), d.appDSN())
+		if err != nil {
+			readDone <- []string{"connect: " + err.Error()}
+			return
+		}
+		defer conn.Close(context.Background())
+		for {
+			select {
+			case <-readStop:
+				readDone <- append(bad, fmt.Sprintf("(%d fan-out reads)", reads))
+				return
+			default:
+			}
+			var n int64
+			err := conn.QueryRow(context.Background(), "SELECT count(*) FROM pgbench_accounts").Scan(&n)
+			reads++
+			switch {
+			case err != nil:
+				bad = append(bad, "read: "+err.Error())
+			case n != 200000:
+				bad = append(bad, fmt.Sprintf("count(*) of pgbench_accounts = %d at %s", n, time.Now().Format("15:04:05.000")))
+			}
+			if len(bad) > 20 {
+				readDone <- bad
+				<-readStop
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
 	rbStart := time.Now()
 	out, err := d.ctl(time.Duration(secs)*time.Second+3*time.Minute, "rebalance", "start", "--even", "--wait")
 	rbEnd := time.Now()
+	close(readStop)
+	if res := <-readDone; len(res) > 1 {
+		t.Errorf("fan-out reads during the rebalance saw rows twice or not at all: %v", res)
+	} else {
+		t.Logf("fan-out reads during the rebalance: all exact %v", res)
+	}
 	t.Logf("shardctl rebalance start --even --wait: %s after pgbench started, took %s, exit %v; output:\n%s",
 		rbStart.Sub(benchStart).Round(time.Millisecond), rbEnd.Sub(rbStart).Round(time.Millisecond), err, lastLines(out, 15))
 	if err != nil {
