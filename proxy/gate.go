@@ -73,27 +73,11 @@ func (s *Server) FreezeSlots(ctx context.Context, source int, slots []int) (*Fre
 // hold row locks that statements routed before the freeze wait on;
 // transactions begun since are held at their first frozen statement.
 func (f *Freeze) WaitTransactions(ctx context.Context) error {
-	s := f.srv
-	tick := time.NewTicker(500 * time.Microsecond)
-	defer tick.Stop()
-	for {
-		open := 0
-		s.mu.Lock()
-		for _, ss := range s.sessions {
-			if v := ss.txEpoch.Load(); v != 0 && v < f.epoch {
-				open++
-			}
-		}
-		s.mu.Unlock()
-		if open == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d transactions begun before the freeze are still open: %w", open, ctx.Err())
-		case <-tick.C:
-		}
+	err := f.srv.waitSessions(ctx, func(ss *session) bool { v := ss.txEpoch.Load(); return v != 0 && v < f.epoch })
+	if err != nil {
+		return fmt.Errorf("transactions begun before the freeze are still open: %w", err)
 	}
+	return nil
 }
 
 // noteTxEpoch publishes whether a transaction is open, and since when.
@@ -125,24 +109,28 @@ func (f *Freeze) StartHoldMulti() func(context.Context) error {
 // graceMulti waits until no session runs a batch spanning shards that it
 // began before epoch e.
 func (s *Server) graceMulti(ctx context.Context, e uint64) error {
+	return s.waitSessions(ctx, func(ss *session) bool { v := ss.inMulti.Load(); return v != 0 && v < e })
+}
+
+// waitSessions polls the sessions until none is busy, or ctx ends.
+func (s *Server) waitSessions(ctx context.Context, busy func(*session) bool) error {
 	tick := time.NewTicker(200 * time.Microsecond)
 	defer tick.Stop()
 	for {
-		busy := false
+		n := 0
 		s.mu.Lock()
 		for _, ss := range s.sessions {
-			if v := ss.inMulti.Load(); v != 0 && v < e {
-				busy = true
-				break
+			if busy(ss) {
+				n++
 			}
 		}
 		s.mu.Unlock()
-		if !busy {
+		if n == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("%d sessions still busy: %w", n, ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -171,27 +159,7 @@ func (f *Freeze) Release(next *shard.Map) {
 // its batch before is done with it.
 func (s *Server) grace(ctx context.Context) error {
 	e := s.epoch.Add(1)
-	tick := time.NewTicker(500 * time.Microsecond)
-	defer tick.Stop()
-	for {
-		busy := false
-		s.mu.Lock()
-		for _, ss := range s.sessions {
-			if v := ss.inBatch.Load(); v != 0 && v < e {
-				busy = true
-				break
-			}
-		}
-		s.mu.Unlock()
-		if !busy {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return s.waitSessions(ctx, func(ss *session) bool { v := ss.inBatch.Load(); return v != 0 && v < e })
 }
 
 // enterBatch publishes that the session routes a batch now.

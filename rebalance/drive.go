@@ -365,7 +365,15 @@ type pointConns struct {
 	src, tgt *pgx.Conn
 }
 
+// It first waits for the target to catch up with the source, so the
+// freeze that follows covers only the last few transactions.
 func openPointConns(ctx context.Context, mv Move) (*pointConns, error) {
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	_, err := WaitCaughtUp(wctx, mv)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
 	src, err := pgConnect(ctx, mv.Source.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mv.Source.Name, err)
@@ -447,12 +455,6 @@ func (o *Orchestrator) verifyPoint(ctx context.Context, rec *record, i int, mv M
 		srcSnap.Close()
 		tgtSnap.Close()
 		srcSnap, tgtSnap = nil, nil
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		_, err := WaitCaughtUp(wctx, mv)
-		cancel()
-		if err != nil {
-			return err
-		}
 		conns, err := openPointConns(ctx, mv)
 		if err != nil {
 			return err
@@ -533,22 +535,7 @@ func verifyAt(ctx context.Context, mv Move, src, tgt *Snapshot) ([]SlotCheck, er
 	if berr != nil {
 		return nil, berr
 	}
-	slots := slices.Sorted(slices.Values(mv.Slots))
-	var out []SlotCheck
-	for _, t := range mv.Tables {
-		for _, s := range slots {
-			x, y := a[t.Name][s], b[t.Name][s]
-			if x.sum == "" {
-				x.sum = "0"
-			}
-			if y.sum == "" {
-				y.sum = "0"
-			}
-			out = append(out, SlotCheck{Table: t.Name, Slot: s, SourceRows: x.rows, TargetRows: y.rows, SourceSum: x.sum, TargetSum: y.sum,
-				OK: x.rows == y.rows && x.sum == y.sum})
-		}
-	}
-	return out, nil
+	return compareSums(mv, a, b), nil
 }
 
 // cutover switches the move's slots to the target at a consistent point:
@@ -564,14 +551,6 @@ func (o *Orchestrator) cutover(ctx context.Context, rec *record, i int, mv Move)
 	var version int64
 	var pause time.Duration
 	err := o.retry(ctx, rec, i, "cutover", func() error {
-		// Close to the source first, so the pause covers only the last
-		// few transactions.
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		_, err := WaitCaughtUp(wctx, mv)
-		cancel()
-		if err != nil {
-			return err
-		}
 		conns, err := openPointConns(ctx, mv)
 		if err != nil {
 			return err

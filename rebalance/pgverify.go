@@ -327,6 +327,12 @@ func Verify(ctx context.Context, mv Move, snap *Snapshot) ([]SlotCheck, error) {
 	} else if err := pgWithNode(ctx, mv.Target, func(conn *pgx.Conn) error { return targetSide(conn) }); err != nil {
 		return nil, err
 	}
+	return compareSums(mv, src, tgt), nil
+}
+
+// compareSums pairs the per-table, per-slot counts and checksums of both
+// sides of a move.
+func compareSums(mv Move, src, tgt map[string]map[int]pgSlotSum) []SlotCheck {
 	slots := append([]int(nil), mv.Slots...)
 	sort.Ints(slots)
 	var out []SlotCheck
@@ -347,7 +353,7 @@ func Verify(ctx context.Context, mv Move, snap *Snapshot) ([]SlotCheck, error) {
 			})
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Leftovers lists, in words, every object of a move still present on the
