@@ -425,7 +425,20 @@ func (ss *session) flushBatch() error {
 	ss.enterBatch()
 	defer ss.leaveBatch()
 	ss.planBatch()
-	for f := ss.srv.gate.Load(); f != nil && ss.heldByFreeze(f); f = ss.srv.gate.Load() {
+	for {
+		f := ss.srv.gate.Load()
+		if f == nil {
+			if !ss.frozenHit {
+				break
+			}
+			// Planned against a freeze that ended since: plan again
+			// with the map it left.
+			ss.replanBatch()
+			continue
+		}
+		if !ss.heldByFreeze(f) {
+			break
+		}
 		if e := ss.waitThaw(f); e != nil {
 			ss.failBatch(e)
 			break
