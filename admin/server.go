@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +43,9 @@ type Options struct {
 	// remove, rebalance). Nil when the proxy runs without a metadata
 	// database: those routes then answer 503 with a hint.
 	Operator Operator
+	// Reload re-reads the proxy's config (POST /api/v1/reload, shardctl
+	// reload); nil answers 503. An *Error keeps its status and hint.
+	Reload func(ctx context.Context) (ReloadResult, error)
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 }
@@ -51,6 +55,7 @@ type Server struct {
 	opts   Options
 	log    *slog.Logger
 	routes map[string]map[string]http.Handler // path -> method -> handler
+	token  atomic.Pointer[string]             // Options.Token, then SetToken's
 
 	mu   sync.Mutex
 	http *http.Server
@@ -60,6 +65,7 @@ type Server struct {
 // NewServer builds the server; nothing listens until Start.
 func NewServer(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Logger}
+	s.token.Store(&opts.Token)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -68,6 +74,7 @@ func NewServer(opts Options) *Server {
 		StatusPath:  {http.MethodGet: http.HandlerFunc(s.handleStatus)},
 	}
 	s.addOperatorRoutes()
+	s.addReloadRoute()
 	return s
 }
 
@@ -103,7 +110,7 @@ func (s *Server) Start() error {
 			s.log.Error("admin API stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
-	s.log.Info("admin API listening", "addr", ln.Addr().String(), "token_required", s.opts.Token != "")
+	s.log.Info("admin API listening", "addr", ln.Addr().String(), "token_required", *s.token.Load() != "")
 	return nil
 }
 
@@ -164,13 +171,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(w, r)
 }
 
+// SetToken replaces the bearer token (a reloaded config's admin.token)
+// for the requests that arrive from now on; "" requires none.
+func (s *Server) SetToken(token string) { s.token.Store(&token) }
+
 func (s *Server) authorized(r *http.Request) bool {
-	if s.opts.Token == "" {
+	token := *s.token.Load()
+	if token == "" {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	// Constant time, so response timing does not leak the token's prefix.
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.Token)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 func (s *Server) metricsHandler() http.Handler {

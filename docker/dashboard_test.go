@@ -313,7 +313,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 		"shardproxy_pool_server_connections", "shardproxy_pool_max_size", "shardproxy_pool_clients_waiting",
 		"shardproxy_errors_total",
 		"shardproxy_replica_lag_bytes", "shardproxy_replica_lag_seconds", "shardproxy_node_up",
-		"shardproxy_rebalance_rows_copied", "shardproxy_rebalance_rows_total",
+		"shardproxy_rebalance_rows_copied", "shardproxy_rebalance_rows_planned",
 		"shardproxy_rebalance_lag_bytes", "shardproxy_rebalance_cutover_pause_seconds",
 	} {
 		if _, ok := exported[want]; !ok {

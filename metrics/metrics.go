@@ -52,6 +52,7 @@ type Metrics struct {
 	CancelRequests      prometheus.Counter
 
 	errorClasses errorClassCache
+	routes       *routeMetrics
 }
 
 // New creates the metrics and registers them, together with the Go runtime
@@ -115,6 +116,7 @@ func New() *Metrics {
 	m.RefusedBadStartup = m.ClientsRefused.WithLabelValues(ReasonBadStartup)
 	m.RefusedUnknownDatabase = m.ClientsRefused.WithLabelValues(ReasonUnknownDatabase)
 	m.errorClasses.vec = m.Errors
+	m.routes = newRouteMetrics()
 
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -123,6 +125,7 @@ func New() *Metrics {
 		m.Queries, m.Transactions, m.Errors,
 		m.PoolWaitSeconds, m.PoolWaitTimeouts,
 		m.ServerConnectsTotal, m.ServerConnectErrors, m.CancelRequests,
+		m.routes.statements, m.routes.batchSeconds,
 	)
 	return m
 }

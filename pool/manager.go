@@ -2,6 +2,7 @@ package pool
 
 import (
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -22,12 +23,15 @@ func (n *Node) Addr() string { return fmt.Sprintf("%s:%d", n.Config.Host, n.Conf
 
 // Manager owns every pool, created lazily per (node, user, database).
 type Manager struct {
+	mu    sync.RWMutex // guards opts, pools and passwords
 	opts  Options
-	mu    sync.RWMutex
 	pools map[Key]*Pool
-	stop  chan struct{}
-	done  sync.WaitGroup
-	once  sync.Once
+	// passwords, by server user, replace the ones sessions pass to Get
+	// (SetPasswords: a reloaded config's).
+	passwords map[string]string
+	stop      chan struct{}
+	done      sync.WaitGroup
+	once      sync.Once
 }
 
 // NewManager starts the idle reaper.
@@ -52,6 +56,9 @@ func (m *Manager) Get(n *Node, user, password, database string) *Pool {
 	if p = m.pools[key]; p != nil {
 		return p
 	}
+	if pw, ok := m.passwords[user]; ok {
+		password = pw
+	}
 	cfg := n.Config.Copy()
 	cfg.User = user
 	cfg.Password = password
@@ -75,12 +82,43 @@ func (m *Manager) All() []*Pool {
 	return out
 }
 
+// SetLimits changes the limits of every pool, and of those created from
+// now on (see Pool.SetLimits).
+func (m *Manager) SetLimits(l Limits) {
+	m.mu.Lock()
+	m.opts.MaxSize, m.opts.WaitTimeout, m.opts.ConnectTimeout, m.opts.IdleTimeout = l.MaxSize, l.WaitTimeout, l.ConnectTimeout, l.IdleTimeout
+	m.mu.Unlock()
+	for _, p := range m.All() {
+		p.SetLimits(l)
+	}
+}
+
+// SetPasswords sets, by server user, the password new server connections
+// log in with, in the pools that exist and those created later; open
+// connections are not touched. Users not in passwords keep the password
+// their sessions pass to Get.
+func (m *Manager) SetPasswords(passwords map[string]string) {
+	m.mu.Lock()
+	m.passwords = maps.Clone(passwords)
+	m.mu.Unlock()
+	for _, p := range m.All() {
+		if pw, ok := passwords[p.Key.User]; ok {
+			p.setPassword(pw)
+		}
+	}
+}
+
+// reapInterval is how often idle connections are looked for: a quarter
+// of the idle timeout, at least a second.
+func (m *Manager) reapInterval() time.Duration {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return max(m.opts.IdleTimeout/4, time.Second)
+}
+
 func (m *Manager) reap() {
 	defer m.done.Done()
-	interval := m.opts.IdleTimeout / 4
-	if interval < time.Second {
-		interval = time.Second
-	}
+	interval := m.reapInterval()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -90,6 +128,11 @@ func (m *Manager) reap() {
 		case now := <-t.C:
 			for _, p := range m.All() {
 				p.CloseIdle(now)
+			}
+			// The idle timeout may have changed (SetLimits).
+			if next := m.reapInterval(); next != interval {
+				interval = next
+				t.Reset(interval)
 			}
 		}
 	}

@@ -24,6 +24,8 @@ type Key struct {
 
 // Options configure every pool.
 type Options struct {
+	// MaxSize, WaitTimeout, ConnectTimeout and IdleTimeout may change
+	// while the pools run (SetLimits).
 	MaxSize        int
 	WaitTimeout    time.Duration
 	ConnectTimeout time.Duration
@@ -39,10 +41,10 @@ type Pool struct {
 	Key   Key
 	Shard string
 	Role  string
-	opts  Options
-	cfg   *pgconn.Config
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards the fields below, opts' limits and cfg
+	opts    Options
+	cfg     *pgconn.Config
 	idle    []*Conn // LIFO: the warmest connection is reused first
 	total   int     // idle + handed out + being created
 	waiters []chan grant
@@ -101,10 +103,11 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	}
 	ch := make(chan grant, 1)
 	p.waiters = append(p.waiters, ch)
+	waitTimeout, maxSize := p.opts.WaitTimeout, p.opts.MaxSize
 	p.mu.Unlock()
 
 	start := time.Now()
-	timer := time.NewTimer(p.opts.WaitTimeout)
+	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
 	var g grant
 	select {
@@ -119,7 +122,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		}
 		return nil, wire.Errorf(wire.CodeConfigLimitExceeded,
 			"timed out after %s waiting for a server connection to %s (database %q, user %q): all %d in use",
-			p.opts.WaitTimeout, p.Shard, p.Key.Database, p.Key.User, p.opts.MaxSize).
+			waitTimeout, p.Shard, p.Key.Database, p.Key.User, maxSize).
 			WithHint("Raise pool.size or pool.wait_timeout, or shorten transactions.")
 	case <-ctx.Done():
 		if !p.dropWaiter(ch) {
@@ -152,9 +155,12 @@ func (p *Pool) dropWaiter(ch chan grant) bool {
 
 // create opens a connection in a slot already counted in total.
 func (p *Pool) create(ctx context.Context) (*Conn, error) {
-	cctx, cancel := context.WithTimeout(ctx, p.opts.ConnectTimeout)
+	p.mu.Lock()
+	timeout, cfg := p.opts.ConnectTimeout, p.cfg
+	p.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := connect(cctx, p.cfg)
+	c, err := connect(cctx, cfg)
 	if p.opts.OnConnect != nil {
 		p.opts.OnConnect(err)
 	}
@@ -181,6 +187,15 @@ func (p *Pool) Release(c *Conn) {
 		p.total--
 		p.mu.Unlock()
 		_ = c.Close()
+		return
+	}
+	if p.total > p.opts.MaxSize {
+		// The pool was made smaller (SetLimits): this slot goes away.
+		p.total--
+		p.mu.Unlock()
+		if c != nil {
+			_ = c.Close()
+		}
 		return
 	}
 	if len(p.waiters) > 0 {
@@ -248,4 +263,54 @@ func (p *Pool) Close() {
 
 func (p *Pool) String() string {
 	return fmt.Sprintf("%s/%s@%s", p.Key.User, p.Key.Database, p.Key.Node)
+}
+
+// Limits are the pool settings that may change at run time.
+type Limits struct {
+	MaxSize        int
+	WaitTimeout    time.Duration
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+}
+
+// SetLimits changes the pool's limits in place; no connection in use is
+// touched. A larger MaxSize lets waiting clients connect at once; a
+// smaller one closes idle connections above it now and the others as
+// they are released. Waits and connects already started keep their
+// timeouts.
+func (p *Pool) SetLimits(l Limits) {
+	p.mu.Lock()
+	p.opts.MaxSize, p.opts.WaitTimeout, p.opts.ConnectTimeout, p.opts.IdleTimeout = l.MaxSize, l.WaitTimeout, l.ConnectTimeout, l.IdleTimeout
+	var granted []chan grant
+	for len(p.waiters) > 0 && p.total < p.opts.MaxSize {
+		p.total++
+		granted = append(granted, p.waiters[0])
+		p.waiters = p.waiters[1:]
+	}
+	var excess []*Conn
+	for p.total > p.opts.MaxSize && len(p.idle) > 0 {
+		// The coldest first: idle is LIFO.
+		excess = append(excess, p.idle[0])
+		p.idle = p.idle[1:]
+		p.total--
+	}
+	p.mu.Unlock()
+	for _, w := range granted {
+		w <- grant{} // the right to create a connection
+	}
+	for _, c := range excess {
+		_ = c.Close()
+	}
+}
+
+// setPassword makes the connections created from now on log in with
+// password; open ones stay as they are.
+func (p *Pool) setPassword(password string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cfg.Password != password {
+		cfg := p.cfg.Copy()
+		cfg.Password = password
+		p.cfg = cfg
+	}
 }

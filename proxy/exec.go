@@ -84,7 +84,7 @@ func (ss *session) readsToReplicas() {
 		}
 		slot := ss.replicaSlot(s)
 		if slot < 0 {
-			if ss.target == "replica" || (ss.srv.cfg.Replicas.Fallback == "error" && len(ss.topo.replicaSlots[s]) > 0) {
+			if ss.target == "replica" || (ss.srv.Config().Replicas.Fallback == "error" && len(ss.topo.replicaSlots[s]) > 0) {
 				ss.noReplica(seg, s)
 			}
 			continue
@@ -145,7 +145,7 @@ func (ss *session) replicaSlot(s int) int {
 	if len(slots) == 0 || ss.srv.replicas == nil {
 		return -1
 	}
-	maxLag := ss.srv.cfg.Replicas.MaxLag.D()
+	maxLag := ss.srv.Config().Replicas.MaxLag.D()
 	if ss.maxLagD > 0 {
 		maxLag = ss.maxLagD
 	}

@@ -37,7 +37,7 @@ func (ss *session) pop() {
 func (ss *session) translateOp(o *op, msg []byte) {
 	sc := ss.sc
 	w := sc.W
-	if limit := ss.srv.cfg.Pool.PreparedStatementCache; sc.PreparedCount() > limit {
+	if limit := ss.srv.Config().Pool.PreparedStatementCache; sc.PreparedCount() > limit {
 		for _, name := range sc.EvictPrepared(limit * 9 / 10) {
 			w.SetBuf(appendMsg(w.Buf(), 'C', []byte{'S'}, []byte(name), []byte{0}))
 			ss.push(pend{kind: pClose, mode: mSwallow})

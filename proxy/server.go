@@ -41,7 +41,20 @@ type Hooks struct {
 	Transaction        func()
 	Error              func(sqlstate string)
 	Cancel             func()
+	// Statement counts a routed statement by route kind (Route*) and
+	// whether a replica serves it; Batch times a batch on shard index
+	// shard (-1: several shards).
+	Statement func(route int, replica bool)
+	Batch     func(shard int, name string, replica bool, d time.Duration)
 }
+
+// Route kinds passed to Hooks.Statement (metrics.Route* are the same).
+const (
+	RouteSingle = iota
+	RouteMulti
+	RouteBroadcast
+	RouteLocal
+)
 
 // Options configure a Server beyond the config file.
 type Options struct {
@@ -60,6 +73,8 @@ type Options struct {
 	// Replicas picks the replica that serves a read outside a
 	// transaction; without it every read goes to the primary.
 	Replicas ReplicaPicker
+	// Console feeds the admin console (database "shardproxy", console.go).
+	Console Console
 }
 
 // ReplicaPicker chooses replicas for reads from their measured health and
@@ -112,7 +127,10 @@ func (s *Server) SetShardMap(m *shard.Map) {
 
 // Server accepts client connections.
 type Server struct {
+	// cfg is the config the server started with: read from it only the
+	// fields a reload cannot change; Config() has the others (reload.go).
 	cfg       *config.Config
+	reload    reloadState
 	log       *slog.Logger
 	hooks     Hooks
 	tls       *tls.Config
@@ -148,6 +166,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[uint32]*session
+
+	console consoleState // the admin console (console.go)
 }
 
 // New builds a server from a validated config.
@@ -166,6 +186,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		stmts:     newStmtRegistry(),
 		sessions:  map[uint32]*session{},
 	}
+	s.reload.cfg.Store(cfg)
+	s.initConsole(opts) // wraps s.hooks to count for SHOW STATS
 	if s.tls == nil && cfg.TLS.Enabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
@@ -362,4 +384,22 @@ func (s *Server) SetReadFloor(i int, lsn uint64) {
 	if i >= 0 && i < len(s.readFloor) {
 		s.readFloor[i].Store(lsn)
 	}
+}
+
+// ClientStates counts the client sessions (console sessions aside) that
+// are idle, running a batch, or idle inside a transaction.
+func (s *Server) ClientStates() (idle, active, inTx int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.sessions {
+		switch {
+		case ss.inBatch.Load() != 0:
+			active++
+		case ss.txEpoch.Load() != 0:
+			inTx++
+		default:
+			idle++
+		}
+	}
+	return idle, active, inTx
 }

@@ -446,6 +446,11 @@ func (ss *session) flushBatch() error {
 		ss.adoptTopology()
 		ss.replanBatch()
 	}
+	var started time.Time
+	if ss.srv.hooks.Batch != nil {
+		started = time.Now()
+	}
+	ss.countStatements()
 	if err := ss.execBatch(); err != nil {
 		var ce clientError
 		if errors.As(err, &ce) {
@@ -461,6 +466,15 @@ func (ss *session) flushBatch() error {
 			ss.srv.log.Error("BUG: server answers out of step", "pid", ss.pid, "err", err, "batch", string(ops))
 		}
 		return ss.serverLost(err)
+	}
+	if ss.srv.hooks.Batch != nil {
+		if shard, replica, ok := ss.batchTarget(); ok {
+			name := ""
+			if shard >= 0 {
+				name = ss.topo.shardNames[shard]
+			}
+			ss.srv.hooks.Batch(shard, name, replica, time.Since(started))
+		}
 	}
 	if ss.batchWrote != 0 {
 		ss.noteWrites(ss.batchWrote)
@@ -703,4 +717,51 @@ func (ss *session) noteWrites(mask uint64) {
 			ss.wroteAt[s] = now
 		}
 	}
+}
+
+// countStatements reports each statement of the planned batch by route.
+func (ss *session) countStatements() {
+	h := ss.srv.hooks.Statement
+	if h == nil {
+		return
+	}
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		if (o.typ != 'Q' && o.typ != 'E') || o.err != nil {
+			continue
+		}
+		switch {
+		case o.unit != nil && o.st != nil && o.st.Kind == plan.Broadcast:
+			h(RouteBroadcast, false)
+		case o.unit != nil:
+			h(RouteMulti, false)
+		case o.tgt >= 0:
+			h(RouteSingle, o.tgt >= len(ss.topo.primaries))
+		case o.tgt == tLocal:
+			h(RouteLocal, false)
+		}
+	}
+}
+
+// batchTarget is the shard (and role) every server-bound statement of the
+// batch went to, -1 when they spanned shards; ok is false when the proxy
+// answered everything itself.
+func (ss *session) batchTarget() (shard int, replica, ok bool) {
+	node := -1
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		switch {
+		case o.unit != nil:
+			return -1, false, true
+		case o.tgt < 0:
+			continue
+		case node >= 0 && o.tgt != node:
+			return -1, false, true
+		}
+		node = o.tgt
+	}
+	if node < 0 {
+		return 0, false, false
+	}
+	return ss.topo.slotShard[node], node >= len(ss.topo.primaries), true
 }

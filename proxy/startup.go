@@ -54,10 +54,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	n := s.clients.Add(1)
 	defer s.clients.Add(-1)
-	if int(n) > s.cfg.MaxClientConn {
+	if int(n) > s.Config().MaxClientConn {
 		s.refuse("too_many_clients")
 		ss.fatal(wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already").
-			WithDetail(fmt.Sprintf("max_client_conn is %d", s.cfg.MaxClientConn)))
+			WithDetail(fmt.Sprintf("max_client_conn is %d", s.Config().MaxClientConn)))
 		return
 	}
 	if s.shutting.Load() {
@@ -82,6 +82,11 @@ func (s *Server) serveConn(nc net.Conn) {
 		defer s.hooks.ClientDisconnected()
 	}
 	_ = nc.SetDeadline(time.Time{})
+	defer s.trackClient(ss, startup)()
+	if ss.database == ConsoleDatabase {
+		ss.runConsole()
+		return
+	}
 	ss.run()
 }
 
@@ -189,10 +194,13 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	if db == "" {
 		db = user
 	}
-	u, known := s.cfg.User(user)
+	u, known := s.Config().User(user)
 	if err := ss.authenticate(user, u, known); err != nil {
 		s.refuse("auth_failed")
 		return err
+	}
+	if db == ConsoleDatabase {
+		return ss.consoleLogin(u, db)
 	}
 	ss.user = u
 	ss.database = db
@@ -246,7 +254,7 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 // session pooling the connection stays with the client.
 func (ss *session) loginOnServer() (map[string]string, error) {
 	s := ss.srv
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.WaitTimeout.D()+s.cfg.Pool.ConnectTimeout.D())
+	ctx, cancel := context.WithTimeout(context.Background(), s.Config().Pool.WaitTimeout.D()+s.Config().Pool.ConnectTimeout.D())
 	defer cancel()
 	sc, err := ss.pool.Acquire(ctx)
 	if err != nil {
@@ -261,7 +269,7 @@ func (ss *session) loginOnServer() (map[string]string, error) {
 	ss.held++
 	ss.useConn(s.defShard)
 	// A server that stops answering must not hang the login forever.
-	_ = sc.SetDeadline(time.Now().Add(s.cfg.Pool.ConnectTimeout.D()))
+	_ = sc.SetDeadline(time.Now().Add(s.Config().Pool.ConnectTimeout.D()))
 	failed := func(err error) error {
 		ss.detach(true)
 		return wire.Fatalf(wire.CodeConnectionFailure, "server %s (%s) failed during login: %v", s.primary.Shard, sc.Addr(), err)

@@ -43,7 +43,7 @@ func (o *Orchestrator) Register(reg prometheus.Registerer) error {
 	}
 	cs := []prometheus.Collector{o.m.running, o.m.pause, o.m.phases,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_rows_copied", Help: "Rows the running rebalance copied so far."}, total(func(t *progressTotals) float64 { return float64(t.rows) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_rows_total", Help: "Rows the running rebalance moves (estimated at the start)."}, total(func(t *progressTotals) float64 { return float64(t.rowsTotal) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_rows_planned", Help: "Rows the running rebalance moves (estimated at the start)."}, total(func(t *progressTotals) float64 { return float64(t.rowsTotal) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_bytes_copied", Help: "Bytes the running rebalance copied so far."}, total(func(t *progressTotals) float64 { return float64(t.bytes) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_lag_bytes", Help: "WAL the moves' targets have yet to apply."}, total(func(t *progressTotals) float64 { return float64(t.lag) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_rebalance_rows_cleaned", Help: "Moved rows deleted from their sources so far."}, total(func(t *progressTotals) float64 { return float64(t.cleaned) })),

@@ -76,8 +76,8 @@ type Monitor struct {
 type node struct {
 	addr        string
 	dsn         string
-	weight      int64
-	addrHash    uint64 // PickHash's node identity: stable when the config is reordered
+	weight      atomic.Int64 // SetWeights changes it while reads pick
+	addrHash    uint64       // PickHash's node identity: stable when the config is reordered
 	cfg         *pgconn.Config
 	outstanding atomic.Int64
 	served      atomic.Uint64
@@ -226,13 +226,34 @@ func newNode(nc NodeConfig, timeout time.Duration) (*node, error) {
 	if addr == "" {
 		addr = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
 	}
-	w := int64(nc.Weight)
-	if w <= 0 {
-		w = 1
-	}
 	h := fnv.New64a()
 	h.Write([]byte(addr))
-	return &node{addr: addr, dsn: nc.DSN, weight: w, cfg: pc, addrHash: h.Sum64()}, nil
+	n := &node{addr: addr, dsn: nc.DSN, cfg: pc, addrHash: h.Sum64()}
+	n.setWeight(nc.Weight)
+	return n, nil
+}
+
+func (n *node) setWeight(w int) {
+	n.weight.Store(int64(max(w, 1)))
+}
+
+// SetWeights changes the read weights of shard's replicas (in config
+// order; 0 or a missing entry means 1), for reads picked from now on.
+func (m *Monitor) SetWeights(shard string, weights []int) error {
+	set := m.set.Load()
+	i, ok := set.byName[shard]
+	if !ok {
+		return fmt.Errorf("replica: no shard %q", shard)
+	}
+	s := set.shards[i]
+	for j, n := range s.nodes[1:] {
+		w := 1
+		if j < len(weights) {
+			w = weights[j]
+		}
+		n.setWeight(w)
+	}
+	return nil
 }
 
 // Start launches one probe loop per node. It returns at once; the first

@@ -102,7 +102,7 @@ func (m *Monitor) Pick(shard int, maxLag time.Duration, minLSN uint64) (node int
 			continue
 		}
 		n := s.nodes[i]
-		out, w := max(n.outstanding.Load(), 0), n.weight
+		out, w := max(n.outstanding.Load(), 0), n.weight.Load()
 		if best < 0 {
 			best, bestOut, bestW, tieW = i, out, w, w
 			continue
@@ -141,7 +141,7 @@ func (m *Monitor) PickHash(shard int, maxLag time.Duration, minLSN uint64, key u
 		n := s.nodes[i]
 		// u in (0, 1); -w/ln(u) is the weighted rendezvous score.
 		u := (float64(mix64(key^n.addrHash)>>11) + 0.5) / (1 << 53)
-		if score := -float64(n.weight) / math.Log(u); best < 0 || score > bestScore {
+		if score := -float64(n.weight.Load()) / math.Log(u); best < 0 || score > bestScore {
 			best, bestScore = i, score
 		}
 	}

@@ -58,7 +58,7 @@ func (m *Monitor) States() []ShardState {
 		for i, n := range s.nodes {
 			ns := snap.nodes[i]
 			st := NodeState{
-				Index: i, Addr: n.addr, Healthy: ns.healthy, InRecovery: ns.inRecovery, Weight: n.weight,
+				Index: i, Addr: n.addr, Healthy: ns.healthy, InRecovery: ns.inRecovery, Weight: n.weight.Load(),
 				LSN: ns.lsn, LagBytes: ns.lagBytes, Outstanding: n.outstanding.Load(), Served: n.served.Load(),
 				ProbedAt: ns.probedAt, LastError: ns.lastErr,
 			}

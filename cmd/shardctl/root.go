@@ -61,7 +61,7 @@ func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Com
 	pf.StringVar(&g.token, "token", "", "admin API bearer token (env SHARDCTL_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print the API's JSON instead of a table")
 
-	root.AddCommand(newStatusCmd(g), newShardsCmd(g), newShardCmd(g), newRebalanceCmd(g))
+	root.AddCommand(newStatusCmd(g), newShardsCmd(g), newShardCmd(g), newRebalanceCmd(g), newReloadCmd(g))
 
 	// Stray arguments to a verb are usage errors too.
 	for _, c := range root.Commands() {

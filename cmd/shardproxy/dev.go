@@ -89,7 +89,7 @@ func runDev(ctx context.Context, f devFlags) error {
 		fmt.Printf("node %s %s %s\n", n.Shard, n.Role, n.DSN("app"))
 	}
 	fmt.Printf("config %s\n", cfgPath)
-	return run(ctx, cfg, nil, func(addr string) {
+	return run(ctx, cfg, cfgPath, nil, func(addr string) {
 		fmt.Printf("ready postgres://app:app@%s/app\n", addr)
 		// stdout stays machine-readable; the hint for humans goes to stderr.
 		fmt.Fprintf(os.Stderr, "\nconnect with:  psql postgres://app:app@%s/app\nstop with Ctrl-C\n\n", addr)
@@ -102,8 +102,11 @@ func devConfig(cl *localcluster.Cluster, f devFlags) *config.Config {
 	cfg := &config.Config{
 		Listen: f.listen,
 		Admin:  config.Admin{Listen: f.admin},
-		Users:  []config.User{{Name: "app", Password: "app", Auth: "scram-sha-256"}},
-		Pool:   config.Pool{Mode: f.poolMode},
+		Users: []config.User{{Name: "app", Password: "app", Auth: "scram-sha-256"},
+			// The admin console (database shardproxy) only; it has no role
+			// on the servers.
+			{Name: "admin", Password: "admin", Auth: "scram-sha-256", Admin: true}},
+		Pool: config.Pool{Mode: f.poolMode},
 		Sharding: config.Sharding{
 			Tables: []config.ShardedTable{
 				{Name: "pgbench_accounts", Key: "aid"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"net"
 	"os"
@@ -12,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/shardproxy/shardproxy/admin"
 )
@@ -207,10 +211,16 @@ func TestDev(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
 	}
-	for _, series := range []string{"shardproxy_queries_total", "shardproxy_client_connections_total", "shardproxy_pool_server_connections{", "shardproxy_node_up{"} {
+	for _, series := range []string{"shardproxy_queries_total", "shardproxy_client_connections_total", "shardproxy_pool_server_connections{", "shardproxy_node_up{",
+		`shardproxy_statements_total{role="primary",route="single_shard"}`, "shardproxy_batch_duration_seconds_count{"} {
 		if !metricPositive(string(metrics), series) {
 			t.Errorf("/metrics: %s missing or zero after psql sessions", series)
 		}
+	}
+	checkExposition(t, metrics)
+	// The dev config's admin user opens the console.
+	if out := psql(t, "postgres://admin:admin@"+listen+"/shardproxy", "-Atc", "SHOW SHARDS"); !strings.Contains(out, "shard0") || !strings.Contains(out, "shard1") {
+		t.Errorf("console SHOW SHARDS as admin:\n%s", out)
 	}
 	out, err := exec.Command(ctlBin, "status", "--admin", adminAddr).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "shard1") {
@@ -259,4 +269,44 @@ func metricPositive(text, series string) bool {
 		}
 	}
 	return false
+}
+
+// checkExposition parses /metrics as Prometheus does: at least 20
+// shardproxy_ samples, replica lag among them, every family prefixed
+// and documented; promtool's linter too when it is installed.
+func checkExposition(t *testing.T, body []byte) {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	samples := 0
+	for name, f := range families {
+		if !strings.HasPrefix(name, "shardproxy_") {
+			continue
+		}
+		if f.GetHelp() == "" {
+			t.Errorf("metric %s has no HELP", name)
+		}
+		samples += len(f.GetMetric())
+	}
+	if samples < 20 {
+		t.Errorf("/metrics: %d shardproxy_ samples, want at least 20", samples)
+	}
+	for _, name := range []string{"shardproxy_replica_lag_bytes", "shardproxy_replica_lag_seconds", "shardproxy_client_connections_by_state"} {
+		if len(families[name].GetMetric()) == 0 {
+			t.Errorf("/metrics: no %s samples", name)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Logf("promtool not installed (Debian package prometheus): parsed with the client library only")
+		return
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 }

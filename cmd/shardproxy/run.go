@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -33,16 +36,20 @@ func runFromFile(ctx context.Context, path string, onReady func(addr string)) er
 	if err != nil {
 		return err
 	}
-	return run(ctx, cfg, nil, onReady)
+	return run(ctx, cfg, path, nil, onReady)
 }
 
 // run starts the proxy and the admin API and blocks until SIGINT/SIGTERM
-// or ctx ends, then shuts down gracefully.
-func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady func(addr string)) error {
+// or ctx ends, then shuts down gracefully. cfg was loaded from cfgPath,
+// which SIGHUP, shardctl reload and the console's RELOAD re-read.
+func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.Config, onReady func(addr string)) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	log := slog.Default()
+	// Before addStoredShards adds the shards kept in the metadata
+	// database: a reload compares the file with the file.
+	rl := &reloader{path: cfgPath, file: cfg.Clone(), log: log}
 	if addr := os.Getenv("SHARDPROXY_PPROF"); addr != "" {
 		// Profiling is for developers: on its own listener, never on the admin API.
 		go func() { log.Warn("pprof listener stopped", "err", http.ListenAndServe(addr, nil)) }()
@@ -91,10 +98,31 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if store != nil {
 		defer store.Close()
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: mon.ReplicaView()})
+	// The console reads the orchestrator through a pointer: console
+	// sessions outlive the orchestrator at shutdown.
+	var orchP atomic.Pointer[rebalance.Orchestrator]
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, TLS: tlsConf, Pools: pools, Hooks: hooks(m), Coordinator: coord, ShardMap: smap, Replicas: mon.ReplicaView(),
+		Console: proxy.Console{
+			Version: version,
+			Reload:  rl.consoleReload,
+			Nodes:   func() []admin.ShardStatus { return shardStatuses(mon) },
+			Shards: func(ctx context.Context) ([]admin.ShardInfo, error) {
+				if o := orchP.Load(); o != nil {
+					return o.Shards(ctx)
+				}
+				return nil, proxy.ErrConsoleUnavailable
+			},
+			Rebalance: func(ctx context.Context) (admin.RebalanceStatus, error) {
+				if o := orchP.Load(); o != nil {
+					return o.RebalanceStatus(ctx)
+				}
+				return admin.RebalanceStatus{}, proxy.ErrConsoleUnavailable
+			},
+		}})
 	if err != nil {
 		return err
 	}
+	rl.attach(srv, mon, nil)
 	var orch *rebalance.Orchestrator
 	if store != nil {
 		wctx, stop := context.WithCancel(ctx)
@@ -127,7 +155,12 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		if err := orch.Register(m.Registry()); err != nil {
 			return err
 		}
+		orchP.Store(orch)
 	}
+	m.RegisterClientStateCollector(func() metrics.ClientStates {
+		idle, active, inTx := srv.ClientStates()
+		return metrics.ClientStates{Idle: idle, Active: active, InTransaction: inTx}
+	})
 	if err := srv.Listen(); err != nil {
 		return err
 	}
@@ -140,47 +173,48 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 		Registry: m.Registry(),
 		Logger:   log,
 		Operator: operator(orch),
+		Reload:   rl.adminReload,
 		Status: func() admin.Status {
 			st := admin.Status{
 				Version: version, StartedAt: started, Listen: srv.Addr(), PoolMode: cfg.Pool.Mode,
 				ClientConnections: srv.ClientCount(),
 			}
-			for _, sh := range mon.States() {
-				ss := admin.ShardStatus{Name: sh.Name}
-				for i, n := range sh.Nodes {
-					if i == 0 {
-						ss.Primary = nodeStatus(n)
-					} else {
-						ss.Replicas = append(ss.Replicas, nodeStatus(n))
-					}
-				}
-				st.Shards = append(st.Shards, ss)
-			}
+			st.Shards = shardStatuses(mon)
 			for _, p := range poolStats(pools) {
 				st.Pools = append(st.Pools, admin.PoolStatus(p))
 			}
 			return st
 		},
 	})
+	rl.attach(srv, mon, adm)
 	if err := adm.Start(); err != nil {
 		return fmt.Errorf("admin API: %w", err)
 	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
-	log.Info("shardproxy listening", "addr", srv.Addr(), "admin", adm.Addr(), "pool_mode", cfg.Pool.Mode)
+	log.Info("shardproxy listening", "addr", srv.Addr(), "admin", adm.Addr(), "pool_mode", cfg.Pool.Mode, "config", cfgPath)
 	if onReady != nil {
 		onReady(srv.Addr())
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	select {
-	case sig := <-sigs:
-		log.Info("shutting down", "signal", sig.String())
-	case <-ctx.Done():
-	case err := <-serveErr:
-		return err
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				_, _ = rl.reload("SIGHUP") // logged either way
+				continue
+			}
+			log.Info("shutting down", "signal", sig.String())
+			break wait
+		case <-ctx.Done():
+			break wait
+		case err := <-serveErr:
+			return err
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
@@ -188,6 +222,7 @@ func run(ctx context.Context, cfg *config.Config, tlsConf *tls.Config, onReady f
 	if orch != nil {
 		// A move stops where it is (a cutover releases its writes first)
 		// and resumes at the next start.
+		orchP.Store(nil)
 		orch.Close()
 		orch = nil
 	}
@@ -208,6 +243,8 @@ func hooks(m *metrics.Metrics) proxy.Hooks {
 			m.ClientsRefused.WithLabelValues(reason).Inc()
 		},
 		Query:       func() { m.Queries.Inc() },
+		Statement:   m.Statement,
+		Batch:       m.Batch,
 		Transaction: func() { m.Transactions.Inc() },
 		Error:       m.Error,
 		Cancel:      func() { m.CancelRequests.Inc() },
@@ -420,3 +457,146 @@ func operator(o *rebalance.Orchestrator) admin.Operator {
 	}
 	return o
 }
+
+// reloader re-reads the config file the proxy started with (SIGHUP,
+// shardctl reload, RELOAD in the admin console) and applies what can
+// change while it runs: users, pool limits and timeouts, max_client_conn,
+// replica lag bound, fallback and weights, the admin token. A file that
+// does not validate, or that changes a setting only a restart applies,
+// is refused whole: the running config stays.
+type reloader struct {
+	path string
+	log  *slog.Logger
+
+	mu sync.Mutex // one reload at a time; guards the fields below
+	// file is the config the file held at start or at the last reload,
+	// before the shards added at run time: the next file is compared
+	// with it.
+	file *config.Config
+	srv  *proxy.Server
+	mon  *replica.Monitor
+	adm  *admin.Server
+}
+
+// attach gives the reloader what it applies a config to, as they are
+// built.
+func (r *reloader) attach(srv *proxy.Server, mon *replica.Monitor, adm *admin.Server) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.srv, r.mon, r.adm = srv, mon, adm
+}
+
+// reload applies the config file and logs the outcome; source says who
+// asked (SIGHUP, admin API, console).
+func (r *reloader) reload(source string) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changes, err := r.apply()
+	switch {
+	case err != nil:
+		r.log.Error("config reload refused; the running config stays", "source", source, "config", r.path, "err", oneLine(err))
+	case len(changes) == 0:
+		r.log.Info("config reloaded: no change", "source", source, "config", r.path)
+	default:
+		r.log.Info("config reloaded", "source", source, "config", r.path, "changes", strings.Join(changes, "; "))
+	}
+	return changes, err
+}
+
+func (r *reloader) apply() ([]string, error) {
+	if r.path == "" || r.srv == nil {
+		return nil, errors.New("this proxy has no config file to reload")
+	}
+	next, err := config.Load(r.path)
+	if err != nil {
+		return nil, err
+	}
+	changes, err := config.Diff(r.file, next)
+	if err != nil || len(changes) == 0 {
+		return nil, err
+	}
+	if _, err := r.srv.ApplyConfig(r.srv.Config().WithReloadable(next)); err != nil {
+		return nil, err
+	}
+	for i, sh := range next.Shards {
+		if !slices.Equal(sh.ReplicaWeights, r.file.Shards[i].ReplicaWeights) {
+			if err := r.mon.SetWeights(sh.Name, sh.ReplicaWeights); err != nil {
+				r.log.Warn("config reload: replica weights not applied", "shard", sh.Name, "err", err)
+			}
+		}
+	}
+	if r.adm != nil {
+		r.adm.SetToken(next.Admin.Token)
+	}
+	r.file = next
+	return changes, nil
+}
+
+// consoleReload is the admin console's RELOAD (proxy.Console.Reload).
+func (r *reloader) consoleReload() error {
+	_, err := r.reload("console")
+	return err
+}
+
+// adminReload is POST /api/v1/reload: a refused reload answers 400 with
+// the reason and what to do.
+func (r *reloader) adminReload(context.Context) (admin.ReloadResult, error) {
+	changes, err := r.reload("admin API")
+	if err != nil {
+		hint := "fix the config file and reload again; the running config is unchanged"
+		var re *config.RestartError
+		if errors.As(err, &re) {
+			hint = "restart the proxy to apply those settings, or put their running values back in the file and reload"
+		}
+		return admin.ReloadResult{}, &admin.Error{Status: http.StatusBadRequest, Message: oneLine(err), Hint: hint}
+	}
+	return admin.ReloadResult{Changes: changes}, nil
+}
+
+// oneLine joins a multi-line error (errors.Join, YAML's list of problems)
+// into one line for logs and shardctl.
+func oneLine(err error) string {
+	var b strings.Builder
+	for i, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		if i > 0 && b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// shardStatuses lists every monitored shard with its nodes, for
+// /api/v1/status and the console's SHOW SHARDS / SHOW REPLICAS.
+func shardStatuses(mon *replica.Monitor) []admin.ShardStatus {
+	var out []admin.ShardStatus
+	for _, sh := range mon.States() {
+		ss := admin.ShardStatus{Name: sh.Name}
+		for i, n := range sh.Nodes {
+			if i == 0 {
+				ss.Primary = nodeStatus(n)
+			} else {
+				ss.Replicas = append(ss.Replicas, nodeStatus(n))
+			}
+		}
+		out = append(out, ss)
+	}
+	return out
+}
+
+// The proxy's route kinds are the metrics' label indexes (each index
+// below compiles only when the two constants are equal).
+var (
+	_ = [1]struct{}{}[proxy.RouteSingle-metrics.RouteSingle]
+	_ = [1]struct{}{}[proxy.RouteMulti-metrics.RouteMulti]
+	_ = [1]struct{}{}[proxy.RouteBroadcast-metrics.RouteBroadcast]
+	_ = [1]struct{}{}[proxy.RouteLocal-metrics.RouteLocal]
+)
