@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -41,6 +42,22 @@ type Config struct {
 	Metadata Metadata `yaml:"metadata"`
 	// Replicas configures reads from streaming replicas.
 	Replicas Replicas `yaml:"replicas"`
+	// Log configures the proxy's own log.
+	Log Log `yaml:"log"`
+}
+
+// Log configures logging (log/slog on stderr). Level, the slow query
+// threshold and the statement log change on reload; the format does not.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is text (default) or json.
+	Format string `yaml:"format"`
+	// SlowQuery logs, at warn, every batch of statements (up to a Sync
+	// or one simple query) that takes longer, with its route; 0: off.
+	SlowQuery Duration `yaml:"slow_query"`
+	// Statements logs every statement with its route at debug level.
+	Statements bool `yaml:"statements"`
 }
 
 // Replicas configures how reads outside transactions use replicas.
@@ -301,6 +318,12 @@ func (c *Config) SetDefaults() {
 	if c.Replicas.MaxLag == 0 {
 		c.Replicas.MaxLag = Duration(time.Second)
 	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
 	if c.Replicas.Fallback == "" {
 		c.Replicas.Fallback = "primary"
 	}
@@ -343,6 +366,16 @@ func (c *Config) Validate() error {
 		}
 	}
 	checkAddr("listen", c.Listen)
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.Log.Level)); c.Log.Level != "" && err != nil {
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if f := c.Log.Format; f != "" && f != "text" && f != "json" {
+		bad("log.format", "%q is not text or json", f)
+	}
+	if c.Log.SlowQuery < 0 {
+		bad("log.slow_query", "must not be negative")
+	}
 	checkAddr("admin.listen", c.Admin.Listen)
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "cert_file and key_file must be set together")

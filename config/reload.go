@@ -25,6 +25,9 @@ var Reloadable = []string{
 	"replicas.max_lag",
 	"replicas.fallback",
 	"shards[].replica_weights",
+	"log.level",
+	"log.slow_query",
+	"log.statements",
 }
 
 // RestartError refuses a reload that changes fields only a restart applies.

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -44,6 +45,9 @@ func exportedMetrics(t *testing.T) map[string]string {
 	// they have series, so give each one.
 	m := metrics.New()
 	m.Error("42P01")
+	m.Statement(metrics.RouteSingle, false)
+	m.Batch(0, "s0", false, time.Millisecond)
+	m.RegisterClientStateCollector(func() metrics.ClientStates { return metrics.ClientStates{Idle: 1} })
 	m.RegisterPoolCollector(func() []metrics.PoolStats {
 		return []metrics.PoolStats{{Shard: "s0", Node: "n:5432", Role: "primary", User: "app", Database: "app", MaxSize: 1}}
 	})

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"runtime/debug"
 	"strings"
@@ -446,11 +448,15 @@ func (ss *session) flushBatch() error {
 		ss.adoptTopology()
 		ss.replanBatch()
 	}
+	cfg := ss.srv.Config()
 	var started time.Time
-	if ss.srv.hooks.Batch != nil {
+	if ss.srv.hooks.Batch != nil || cfg.Log.SlowQuery > 0 {
 		started = time.Now()
 	}
 	ss.countStatements()
+	if cfg.Log.Statements && ss.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		ss.logStatements()
+	}
 	if err := ss.execBatch(); err != nil {
 		var ce clientError
 		if errors.As(err, &ce) {
@@ -466,6 +472,11 @@ func (ss *session) flushBatch() error {
 			ss.srv.log.Error("BUG: server answers out of step", "pid", ss.pid, "err", err, "batch", string(ops))
 		}
 		return ss.serverLost(err)
+	}
+	if thr := cfg.Log.SlowQuery.D(); thr > 0 {
+		if d := time.Since(started); d > thr {
+			ss.logSlow(d)
+		}
 	}
 	if ss.srv.hooks.Batch != nil {
 		if shard, replica, ok := ss.batchTarget(); ok {
@@ -764,4 +775,66 @@ func (ss *session) batchTarget() (shard int, replica, ok bool) {
 		return 0, false, false
 	}
 	return ss.topo.slotShard[node], node >= len(ss.topo.primaries), true
+}
+
+// logStatements writes each statement of the batch with its route, at
+// debug level (log.statements).
+func (ss *session) logStatements() {
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		if (o.typ != 'Q' && o.typ != 'E') || o.st == nil {
+			continue
+		}
+		var shards []int
+		if o.unit != nil {
+			shards = o.unit.shards
+		}
+		tgt := o.tgt
+		if o.unit != nil {
+			tgt = tMulti
+		}
+		ss.srv.log.Debug("statement", "pid", ss.pid, "user", ss.user.Name, "route", ss.explainRoute(o.st, tgt, shards), "sql", ss.opSQL(o))
+	}
+}
+
+// logSlow reports a batch slower than log.slow_query, with its first
+// statement and its route.
+func (ss *session) logSlow(d time.Duration) {
+	route, sql := "proxy", ""
+	if shard, replica, ok := ss.batchTarget(); ok {
+		route = "multi_shard"
+		if shard >= 0 {
+			route = ss.topo.shardNames[shard]
+			if replica {
+				route += " replica"
+			}
+		}
+	}
+	n := 0
+	for i := range ss.ops {
+		o := &ss.ops[i]
+		if o.typ == 'Q' || o.typ == 'E' {
+			if n == 0 {
+				sql = ss.opSQL(o)
+			}
+			n++
+		}
+	}
+	ss.srv.log.Warn("slow query", "pid", ss.pid, "user", ss.user.Name, "database", ss.database, "duration", d.Round(time.Microsecond),
+		"route", route, "statements", n, "sql", sql)
+}
+
+// opSQL is a statement's text for the log, cut at 300 bytes.
+func (ss *session) opSQL(o *op) string {
+	sql := o.sql
+	if o.info != nil {
+		sql = o.info.sql
+	} else if sql == "" && o.typ == 'Q' {
+		q, _, _ := cutCString(wire.Body(ss.batch[o.start:o.end]))
+		sql = string(q)
+	}
+	if len(sql) > 300 {
+		sql = sql[:300] + "..."
+	}
+	return sql
 }

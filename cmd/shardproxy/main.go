@@ -31,15 +31,19 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			lvl := slog.LevelInfo
+			if logLevel != "" {
+				if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+					return fmt.Errorf("--log-level: %w", err)
+				}
 			}
+			// Until the config is read (and for dev's own messages).
+			logLevelFlag = logLevel
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default: the config's log.level, else info)")
 	root.AddCommand(serveCmd(), devCmd())
 	return root
 }

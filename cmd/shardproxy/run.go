@@ -46,7 +46,7 @@ func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.C
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	log := slog.Default()
+	log := configureLog(cfg)
 	// Before addStoredShards adds the shards kept in the metadata
 	// database: a reload compares the file with the file.
 	rl := &reloader{path: cfgPath, file: cfg.Clone(), log: log}
@@ -528,6 +528,7 @@ func (r *reloader) apply() ([]string, error) {
 	if r.adm != nil {
 		r.adm.SetToken(next.Admin.Token)
 	}
+	setLogLevel(next)
 	r.file = next
 	return changes, nil
 }
@@ -600,3 +601,35 @@ var (
 	_ = [1]struct{}{}[proxy.RouteBroadcast-metrics.RouteBroadcast]
 	_ = [1]struct{}{}[proxy.RouteLocal-metrics.RouteLocal]
 )
+
+// logLevel is the running log level: the config's log.level (changed on
+// reload) unless --log-level says otherwise.
+var (
+	logLevel     slog.LevelVar
+	logLevelFlag string // --log-level, "" when not given
+)
+
+// configureLog makes the proxy's logger from the config: text or JSON on
+// stderr, at the configured level.
+func configureLog(cfg *config.Config) *slog.Logger {
+	setLogLevel(cfg)
+	opts := &slog.HandlerOptions{Level: &logLevel}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if cfg.Log.Format == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	log := slog.New(h)
+	slog.SetDefault(log)
+	return log
+}
+
+func setLogLevel(cfg *config.Config) {
+	name := cfg.Log.Level
+	if logLevelFlag != "" {
+		name = logLevelFlag
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(name)); err == nil {
+		logLevel.Set(lvl)
+	}
+}

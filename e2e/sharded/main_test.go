@@ -88,6 +88,12 @@ func proxyLogger() *slog.Logger {
 // startProxy starts a proxy over the first n shards with a 2PC coordinator.
 func startProxy(t testing.TB, n int, tweak func(*config.Config)) *proxy.Server {
 	t.Helper()
+	return startProxyLog(t, n, tweak, proxyLogger())
+}
+
+// startProxyLog is startProxy logging to log.
+func startProxyLog(t testing.TB, n int, tweak func(*config.Config), log *slog.Logger) *proxy.Server {
+	t.Helper()
 	cfg := &config.Config{
 		Listen:   "127.0.0.1:0",
 		Admin:    config.Admin{Listen: "127.0.0.1:0"},
@@ -117,7 +123,7 @@ func startProxy(t testing.TB, n int, tweak func(*config.Config)) *proxy.Server {
 		shards = append(shards, twophase.Shard{Name: sh.Name, DSN: sh.Primary})
 	}
 	go coord.Run(rctx, func() []twophase.Shard { return shards }, time.Second)
-	srv, err := proxy.New(cfg, proxy.Options{Logger: proxyLogger(), Coordinator: coord})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: log, Coordinator: coord})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}
