@@ -403,3 +403,6 @@ func (s *Server) ClientStates() (idle, active, inTx int) {
 	}
 	return idle, active, inTx
 }
+
+// PlanCacheStats returns the shared plan cache's hits and misses.
+func (s *Server) PlanCacheStats() (hits, misses uint64) { return s.router.CacheStats() }

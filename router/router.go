@@ -2,6 +2,7 @@ package router
 
 import (
 	"strings"
+	"sync/atomic"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
@@ -36,7 +37,13 @@ type Router struct {
 	sharded   map[string]string
 	reference map[string]bool
 	cache     *cache
+	// Plan cache lookups, for metrics. Sessions keep their own caches in
+	// front of this one, so these are not counted on every statement.
+	hits, misses atomic.Uint64
 }
+
+// CacheStats returns the plan cache's hits and misses since start.
+func (r *Router) CacheStats() (hits, misses uint64) { return r.hits.Load(), r.misses.Load() }
 
 // maxCachedText bounds the statements the cache keeps: longer texts are
 // typically generated bulk INSERTs that are rarely repeated and would
@@ -74,8 +81,10 @@ func New(s Schema, cacheSize int) *Router {
 // The returned slice and plans are shared: do not modify them.
 func (r *Router) Analyze(sql string) []Part {
 	if parts, ok := r.cache.get(sql); ok {
+		r.hits.Add(1)
 		return parts
 	}
+	r.misses.Add(1)
 	parts, ok := r.analyze(sql)
 	if ok && len(sql) <= maxCachedText {
 		r.cache.put(sql, parts)

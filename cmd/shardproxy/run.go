@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/shardproxy/shardproxy/admin"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/metrics"
@@ -156,6 +158,24 @@ func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.C
 			return err
 		}
 		orchP.Store(orch)
+	}
+	m.Registry().MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shardproxy_plan_cache_hits_total",
+			Help: "Statement texts whose routing plan came from the shared plan cache."},
+			func() float64 { h, _ := srv.PlanCacheStats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shardproxy_plan_cache_misses_total",
+			Help: "Statement texts parsed and planned (not in the shared plan cache)."},
+			func() float64 { _, mi := srv.PlanCacheStats(); return float64(mi) }),
+	)
+	if coord != nil {
+		m.Registry().MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shardproxy_twophase_commits_total",
+				Help: "Transactions spanning shards whose commit decision was logged (two-phase commit)."},
+				func() float64 { return float64(coord.DecidedCount()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "shardproxy_twophase_active",
+				Help: "Two-phase commits in progress (between PREPARE and the end of COMMIT PREPARED)."},
+				func() float64 { return float64(coord.ActiveCount()) }),
+		)
 	}
 	m.RegisterClientStateCollector(func() metrics.ClientStates {
 		idle, active, inTx := srv.ClientStates()
