@@ -191,6 +191,13 @@ func TestDev(t *testing.T) {
 		t.Errorf("sslmode=require: %s", out)
 	}
 
+	// pgbench through the proxy, so /metrics below reflects real traffic.
+	for _, args := range [][]string{{"-i", "-s", "1", "-q"}, {"-n", "-c", "4", "-j", "2", "-T", "2", "-M", "prepared"}} {
+		cmd := exec.Command(pgbenchPath(), append(args, run.ready)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("pgbench %v: %v\n%s", args, err, out)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := (&admin.Client{Addr: adminAddr}).Status(ctx)
@@ -309,4 +316,12 @@ func checkExposition(t *testing.T, body []byte) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
+}
+
+// pgbenchPath is pgbench from PATH, else PostgreSQL 15's bin directory.
+func pgbenchPath() string {
+	if p, err := exec.LookPath("pgbench"); err == nil {
+		return p
+	}
+	return "/usr/lib/postgresql/15/bin/pgbench"
 }
