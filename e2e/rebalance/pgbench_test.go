@@ -38,11 +38,11 @@ func envInt(name string, def int) int {
 //   - the status says done and every move verified;
 //   - no transaction took 1 s or more (pgbench's per-transaction log).
 //
-// E2E_REBALANCE_PGBENCH_SECONDS sets pgbench's -T (default 25); the
+// E2E_REBALANCE_PGBENCH_SECONDS sets pgbench's -T (default 40); the
 // rebalance must end at least 2 s before pgbench does.
 func TestRebalanceUnderPgbench(t *testing.T) {
 	needBinaries(t)
-	secs := envInt("E2E_REBALANCE_PGBENCH_SECONDS", 25)
+	secs := envInt("E2E_REBALANCE_PGBENCH_SECONDS", 40)
 	d := newDev(t, 2, 1, 1)
 	d.start()
 	spare := d.node("spare0", "spare")
