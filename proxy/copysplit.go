@@ -384,7 +384,12 @@ func (sp *copySplitter) finish(route routeFn) *wire.Error {
 		// A last row without its newline.
 		row := append(sp.buf, '\n')
 		sp.buf = nil
-		_, e := sp.textRows(row, route)
+		rest, e := sp.textRows(row, route)
+		if e == nil && len(rest) > 0 {
+			// Still inside quotes at the end of the data: PostgreSQL
+			// refuses it too, rather than dropping the row.
+			return wire.Errorf("22P04", "unterminated CSV quoted field")
+		}
 		return e
 	}
 	return nil
@@ -465,44 +470,47 @@ func (sp *copySplitter) field(line []byte) ([]byte, bool, *wire.Error) {
 	return nil, false, wire.Errorf("22P04", "missing data for column %d (the shard key) in COPY row", sp.keyCol+1)
 }
 
+// csvField reads the key column of a CSV row as PostgreSQL's
+// CopyReadAttributesCSV does: quoted and unquoted runs may alternate in a
+// field ("a"b is ab), the escape character inside quotes escapes a quote
+// or itself, and only an unquoted field equal to the NULL string is NULL.
 func (sp *copySplitter) csvField(line []byte) ([]byte, bool, *wire.Error) {
 	col := 0
 	i := 0
 	for {
 		var val []byte
-		quoted := false
-		if i < len(line) && line[i] == sp.quote {
-			quoted = true
-			i++
-			for i < len(line) {
-				c := line[i]
-				if c == sp.escape && i+1 < len(line) && (line[i+1] == sp.quote || line[i+1] == sp.escape) {
-					val = append(val, line[i+1])
-					i += 2
-					continue
-				}
-				if c == sp.quote {
-					i++
-					break
-				}
-				val = append(val, c)
-				i++
+		inQuote, sawQuote := false, false
+		for ; i < len(line); i++ {
+			c := line[i]
+			if !inQuote && c == sp.delim {
+				break
 			}
-			for i < len(line) && line[i] != sp.delim {
-				i++
+			if !inQuote && c == sp.quote {
+				inQuote, sawQuote = true, true
+				continue
 			}
-		} else {
-			start := i
-			for i < len(line) && line[i] != sp.delim {
+			if inQuote && c == sp.escape && i+1 < len(line) && (line[i+1] == sp.escape || line[i+1] == sp.quote) {
 				i++
+				val = append(val, line[i])
+				continue
 			}
-			val = line[start:i]
+			if inQuote && c == sp.quote {
+				inQuote = false
+				continue
+			}
+			val = append(val, c)
+		}
+		if inQuote {
+			return nil, false, wire.Errorf("22P04", "unterminated CSV quoted field")
 		}
 		if col == sp.keyCol {
-			if !quoted && string(val) == sp.null {
+			if !sawQuote && string(val) == sp.null {
 				return nil, true, nil
 			}
-			return append([]byte{}, val...), false, nil
+			if val == nil {
+				val = []byte{}
+			}
+			return val, false, nil
 		}
 		if i >= len(line) {
 			return nil, false, wire.Errorf("22P04", "missing data for column %d (the shard key) in COPY row", sp.keyCol+1)
@@ -525,6 +533,27 @@ func unescapeText(b []byte) []byte {
 			continue
 		}
 		i++
+		switch c := b[i]; {
+		case c >= '0' && c <= '7':
+			// \ooo: one to three octal digits.
+			v := int(c - '0')
+			for n := 1; n < 3 && i+1 < len(b) && b[i+1] >= '0' && b[i+1] <= '7'; n++ {
+				i++
+				v = v*8 + int(b[i]-'0')
+			}
+			out = append(out, byte(v))
+			continue
+		case c == 'x' && i+1 < len(b) && copyIsHex(b[i+1]):
+			// \xhh: one or two hex digits.
+			i++
+			v := copyHexVal(b[i])
+			if i+1 < len(b) && copyIsHex(b[i+1]) {
+				i++
+				v = v*16 + copyHexVal(b[i])
+			}
+			out = append(out, byte(v))
+			continue
+		}
 		switch b[i] {
 		case 'n':
 			out = append(out, '\n')
@@ -619,4 +648,18 @@ func (sp *copySplitter) binaryRows(route routeFn, final bool) *wire.Error {
 		return wire.Errorf("22P04", "unexpected end of COPY data")
 	}
 	return nil
+}
+
+func copyIsHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+func copyHexVal(c byte) int {
+	switch {
+	case c >= 'a':
+		return int(c-'a') + 10
+	case c >= 'A':
+		return int(c-'A') + 10
+	}
+	return int(c - '0')
 }
