@@ -613,27 +613,6 @@ func (s *Server) consoleSlots(context.Context) ([][]any, *wire.Error) {
 	return rows, nil
 }
 
-// slotRanges renders sorted slots as "0-85,200,202-203".
-func slotRanges(slots []int) string {
-	var b strings.Builder
-	for i := 0; i < len(slots); {
-		j := i
-		for j+1 < len(slots) && slots[j+1] == slots[j]+1 {
-			j++
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.Itoa(slots[i]))
-		if j > i {
-			b.WriteByte('-')
-			b.WriteString(strconv.Itoa(slots[j]))
-		}
-		i = j + 1
-	}
-	return b.String()
-}
-
 func (s *Server) consoleSlotsSummary(context.Context) ([][]any, *wire.Error) {
 	owners, frozen, m := s.slotOwners()
 	t := s.topo.Load()
@@ -647,10 +626,10 @@ func (s *Server) consoleSlotsSummary(context.Context) ([][]any, *wire.Error) {
 	}
 	var rows [][]any
 	for _, i := range t.allShards {
-		rows = append(rows, []any{shardName(m, i), int64(len(by[i])), slotRanges(by[i])})
+		rows = append(rows, []any{shardName(m, i), int64(len(by[i])), admin.SlotRanges(by[i])})
 	}
 	if len(frozenSlots) > 0 {
-		rows = append(rows, []any{"(frozen)", int64(len(frozenSlots)), slotRanges(frozenSlots)})
+		rows = append(rows, []any{"(frozen)", int64(len(frozenSlots)), admin.SlotRanges(frozenSlots)})
 	}
 	return rows, nil
 }
@@ -700,7 +679,7 @@ func (s *Server) consoleRebalance(ctx context.Context) ([][]any, *wire.Error) {
 			errText = st.Error
 		}
 		slots := slices.Sorted(slices.Values(m.Slots))
-		rows = append(rows, append(slices.Clone(head), int64(i+1), m.From, m.To, int64(len(m.Slots)), slotRanges(slots),
+		rows = append(rows, append(slices.Clone(head), int64(i+1), m.From, m.To, int64(len(m.Slots)), admin.SlotRanges(slots),
 			nz(m.Phase), m.RowsCopied, m.RowsTotal, m.PauseMillis, m.Verified, nz(errText)))
 	}
 	return rows, nil

@@ -26,8 +26,8 @@ func TestSlotRanges(t *testing.T) {
 		{[]int{0, 1, 2, 3}, "0-3"},
 		{[]int{0, 1, 3, 5, 6, 7, 255}, "0-1,3,5-7,255"},
 	} {
-		if got := slotRanges(c.in); got != c.want {
-			t.Errorf("slotRanges(%v) = %q, want %q", c.in, got, c.want)
+		if got := admin.SlotRanges(c.in); got != c.want {
+			t.Errorf("SlotRanges(%v) = %q, want %q", c.in, got, c.want)
 		}
 	}
 }

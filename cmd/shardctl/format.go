@@ -2,10 +2,10 @@ package main
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/shardproxy/shardproxy/admin"
 )
 
 // humanBytes renders n in IEC units: "512 B", "1.5 KiB", "12.0 MiB".
@@ -45,26 +45,7 @@ func compactSlots(slots []int) string {
 	if len(slots) == 0 {
 		return "-"
 	}
-	s := slices.Clone(slots)
-	slices.Sort(s)
-	s = slices.Compact(s)
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		j := i
-		for j+1 < len(s) && s[j+1] == s[j]+1 {
-			j++
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.Itoa(s[i]))
-		if j > i {
-			b.WriteByte('-')
-			b.WriteString(strconv.Itoa(s[j]))
-		}
-		i = j + 1
-	}
-	return b.String()
+	return admin.SlotRanges(slots)
 }
 
 // percent is done/total as "42%", "-" when the total is unknown.
