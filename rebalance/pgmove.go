@@ -76,17 +76,7 @@ func Prepare(ctx context.Context, mv Move) error {
 	}
 	// After Flip the target's rows of the slots are the real ones: Prepare
 	// would delete them as leftovers.
-	err := pgWithNode(ctx, mv.Source, func(conn *pgx.Conn) error {
-		ok, err := pgSchemaExists(ctx, conn)
-		if err != nil || !ok {
-			return err
-		}
-		flipped, err := pgHasHidden(ctx, conn, mv.ID)
-		if err == nil && flipped {
-			err = fmt.Errorf("move %s is flipped (the source hides its slots): Prepare refused", mv.ID)
-		}
-		return err
-	})
+	err := pgRefuseFlipped(ctx, mv, "Prepare refused")
 	if err != nil {
 		return err
 	}
@@ -786,17 +776,7 @@ func Rollback(ctx context.Context, mv Move) error {
 	if err := pgCheckMove(mv); err != nil {
 		return err
 	}
-	err := pgWithNode(ctx, mv.Source, func(conn *pgx.Conn) error {
-		ok, err := pgSchemaExists(ctx, conn)
-		if err != nil || !ok {
-			return err
-		}
-		flipped, err := pgHasHidden(ctx, conn, mv.ID)
-		if err == nil && flipped {
-			err = fmt.Errorf("move %s is flipped (the source hides its slots): Unflip first", mv.ID)
-		}
-		return err
-	})
+	err := pgRefuseFlipped(ctx, mv, "Unflip first")
 	if err != nil {
 		return err
 	}
@@ -827,5 +807,22 @@ func Rollback(ctx context.Context, mv Move) error {
 	}
 	return pgWithNode(ctx, mv.Source, func(conn *pgx.Conn) error {
 		return pgUndoPrepare(ctx, conn, mv)
+	})
+}
+
+// pgRefuseFlipped fails when the source hides the move's slots (after
+// Flip), where re-preparing or rolling back would delete the rows the
+// target now serves.
+func pgRefuseFlipped(ctx context.Context, mv Move, what string) error {
+	return pgWithNode(ctx, mv.Source, func(conn *pgx.Conn) error {
+		ok, err := pgSchemaExists(ctx, conn)
+		if err != nil || !ok {
+			return err
+		}
+		flipped, err := pgHasHidden(ctx, conn, mv.ID)
+		if err == nil && flipped {
+			err = fmt.Errorf("move %s is flipped (the source hides its slots): %s", mv.ID, what)
+		}
+		return err
 	})
 }
