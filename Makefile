@@ -6,7 +6,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # The suite starts real PostgreSQL servers; keep it well inside CI's budget.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build demo test test-short bench bench-go lint fuzz clean
+.PHONY: all build demo test test-short bench bench-go lint fuzz clean compat soak
 
 all: build
 
@@ -25,6 +25,19 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /e2e)
 	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./e2e/...
+	$(MAKE) compat
+
+# The same scripted scenario through a 2-shard `shardproxy dev` with psql,
+# pgbench, pgx, lib/pq, node-postgres, psycopg2 and the PostgreSQL JDBC
+# driver (compat/README.md).
+compat: build
+	bash compat/run.sh
+
+# Minutes of mixed pgbench load through 2 shards while replicas are killed
+# and restarted at random: throughput over time, errors, proxy memory.
+# Not part of make test. SOAK_MINUTES (default 10).
+soak: build
+	bash bench/soak.sh
 
 # Unit tests only: no PostgreSQL servers.
 test-short:
@@ -49,17 +62,18 @@ lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-# Fuzz the wire reader and the startup path for FUZZTIME each.
+# Every fuzz target for FUZZTIME each (FUZZFLAGS e.g. -parallel=1). The
+# seed corpora (testdata/fuzz) also run in make test.
 FUZZTIME ?= 30s
+FUZZFLAGS ?=
+FUZZ_TARGETS := ./wire:FuzzReader ./proxy:FuzzSession ./proxy:FuzzParseSessionSets \
+	./proxy:FuzzCopySplitter ./router:FuzzAnalyze ./merge:FuzzAdd ./config:FuzzLoad \
+	./shard:FuzzHash ./shard:FuzzSlotOfText
 fuzz:
-	$(GO) test ./wire -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseSessionSets -fuzztime $(FUZZTIME)
-	$(GO) test ./router -short -run '^$$' -fuzz FuzzAnalyze -fuzztime $(FUZZTIME)
-	$(GO) test ./merge -short -run '^$$' -fuzz FuzzAdd -fuzztime $(FUZZTIME)
-	$(GO) test ./config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
-	$(GO) test ./shard -short -run '^$$' -fuzz '^FuzzHash$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./shard -short -run '^$$' -fuzz FuzzSlotOfText -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzCopySplitter -fuzztime $(FUZZTIME)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t%%:*} $${t##*:} for $(FUZZTIME)"; \
+		$(GO) test $${t%%:*} -run '^$$' -fuzz "^$${t##*:}$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS); \
+	done
 
 clean:
 	rm -rf $(BIN)
