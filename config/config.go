@@ -44,6 +44,71 @@ type Config struct {
 	Replicas Replicas `yaml:"replicas"`
 	// Log configures the proxy's own log.
 	Log Log `yaml:"log"`
+	// Limits bound what one client may ask of the proxy and the servers.
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits protect the proxy and the servers from one client. Zero
+// durations are off.
+type Limits struct {
+	// MaxMessageSize refuses a client message (a query, a Bind with its
+	// parameters, one CopyData) longer than this many bytes with FATAL
+	// 54000; default 256MB (PostgreSQL's own ceiling is 1GB).
+	MaxMessageSize Size `yaml:"max_message_size"`
+	// StatementTimeout and IdleInTransactionTimeout are forwarded to
+	// every server connection as the servers' statement_timeout and
+	// idle_in_transaction_session_timeout defaults (a client's own SET
+	// still wins for its session). The servers enforce them: 57014 for a
+	// statement, 25P03 and a closed connection for an idle transaction.
+	StatementTimeout         Duration `yaml:"statement_timeout"`
+	IdleInTransactionTimeout Duration `yaml:"idle_in_transaction_timeout"`
+	// QueryTimeout is enforced by the proxy: a server that has not
+	// answered a statement within it is given up on (its connection
+	// closed, the client told 57014 and disconnected). It is the guard
+	// against a server that stalls without closing its socket; keep it
+	// above the longest statement the application runs.
+	QueryTimeout Duration `yaml:"query_timeout"`
+}
+
+// Size is a byte count that reads 1048576, "64kB", "16MB" or "1GB" (powers
+// of 1024, PostgreSQL's units) from YAML.
+type Size int64
+
+// UnmarshalYAML parses a byte count with an optional kB, MB or GB unit.
+func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := ParseSize(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*z = v
+	return nil
+}
+
+// MarshalYAML writes the size in bytes.
+func (z Size) MarshalYAML() (any, error) { return int64(z), nil }
+
+// ParseSize reads a byte count: digits with an optional kB, MB or GB.
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<40)/mult {
+		return 0, fmt.Errorf("%q is not a size (try 1048576, \"64kB\", \"16MB\" or \"1GB\")", s)
+	}
+	return Size(v * mult), nil
 }
 
 // Log configures logging (log/slog on stderr). Level, the slow query
@@ -106,6 +171,9 @@ type User struct {
 	// proxy uses on the backends instead of the client's own.
 	ServerUser     string `yaml:"server_user"`
 	ServerPassword string `yaml:"server_password"`
+	// MaxConnections caps this user's concurrent client connections
+	// (53300 "too many connections for role" beyond it); 0: no cap.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Pool configures backend connection pools, one per (node, user, database).
@@ -333,6 +401,9 @@ func (c *Config) SetDefaults() {
 	if c.MaxClientConn == 0 {
 		c.MaxClientConn = 1000
 	}
+	if c.Limits.MaxMessageSize == 0 {
+		c.Limits.MaxMessageSize = 256 << 20
+	}
 	for i := range c.Users {
 		if c.Users[i].Auth == "" {
 			c.Users[i].Auth = "scram-sha-256"
@@ -409,6 +480,9 @@ func (c *Config) Validate() error {
 		default:
 			bad(field+".auth", "%q is not one of scram-sha-256, md5, trust", u.Auth)
 		}
+		if u.MaxConnections < 0 {
+			bad(field+".max_connections", "must not be negative")
+		}
 	}
 	switch c.Pool.Mode {
 	case PoolTransaction, PoolSession:
@@ -426,6 +500,21 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxClientConn < 1 {
 		bad("max_client_conn", "must be at least 1, got %d", c.MaxClientConn)
+	}
+	// Smaller than a startup packet or a short query would lock every
+	// client out; PostgreSQL refuses messages over 1GB anyway.
+	if c.Limits.MaxMessageSize < 1<<10 || c.Limits.MaxMessageSize > 1<<30 {
+		bad("limits.max_message_size", "must be between 1kB and 1GB, got %d bytes", c.Limits.MaxMessageSize)
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{{"limits.statement_timeout", c.Limits.StatementTimeout}, {"limits.idle_in_transaction_timeout", c.Limits.IdleInTransactionTimeout}, {"limits.query_timeout", c.Limits.QueryTimeout}} {
+		if d.v < 0 {
+			bad(d.field, "must not be negative")
+		} else if d.v > 0 && d.v < Duration(time.Millisecond) {
+			bad(d.field, "must be at least 1ms (PostgreSQL's unit), got %s", d.v.D())
+		}
 	}
 	if len(c.Shards) == 0 {
 		bad("shards", "at least one shard is required")

@@ -28,6 +28,8 @@ var Reloadable = []string{
 	"log.level",
 	"log.slow_query",
 	"log.statements",
+	"limits.max_message_size",
+	"limits.query_timeout",
 }
 
 // RestartError refuses a reload that changes fields only a restart applies.

@@ -63,9 +63,13 @@ func (m *Manager) Get(n *Node, user, password, database string) *Pool {
 	cfg.User = user
 	cfg.Password = password
 	cfg.Database = database
-	// Servers get no startup parameters of their own: the proxy applies
-	// each client's settings with SET when it hands the connection over.
-	cfg.RuntimeParams = map[string]string{}
+	// Servers get no client's startup parameters: the proxy applies each
+	// client's settings with SET when it hands the connection over. The
+	// forwarded limits are the defaults a RESET returns to.
+	cfg.RuntimeParams = maps.Clone(m.opts.ServerParams)
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
 	p = New(key, n.Shard, n.Role, cfg, m.opts)
 	m.pools[key] = p
 	return p

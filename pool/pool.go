@@ -30,6 +30,9 @@ type Options struct {
 	WaitTimeout    time.Duration
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
+	// ServerParams are startup parameters every new server connection
+	// gets (the limits forwarded to the servers); fixed at start.
+	ServerParams map[string]string
 	// OnConnect, OnWait and OnWaitTimeout feed metrics; all optional.
 	OnConnect     func(err error)
 	OnWait        func(d time.Duration)

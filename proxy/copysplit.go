@@ -164,6 +164,7 @@ func (ss *session) streamCopy(u *unit, sp *copySplitter) (string, *wire.Error, e
 		}
 		typ, msg, err := ss.r.Next()
 		if err != nil {
+			ss.reportTooLarge(err)
 			return "", nil, clientError{err}
 		}
 		switch typ {

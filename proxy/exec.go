@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -729,11 +730,38 @@ func (ss *session) endRun() error {
 	// reading EAGAIN and parking on the poller (measured: about 10% more
 	// pgbench -S throughput at 16 clients, 3-5 us less CPU per transaction).
 	runtime.Gosched()
-	if err := ss.pump(); err != nil {
-		return err
-	}
-	return nil
+	return ss.pumpTimed()
 }
+
+// pumpTimed is pump bounded by limits.query_timeout: a server that has
+// not finished answering by then is treated as lost. Without it, a server
+// that stalls with its socket open (SIGSTOP, a hung host behind a live
+// TCP stack) would hold the client forever.
+func (ss *session) pumpTimed() error {
+	qt := ss.srv.Config().Limits.QueryTimeout.D()
+	if qt <= 0 || ss.pendingLen() == 0 {
+		return ss.pump()
+	}
+	sc := ss.sc
+	_ = sc.SetReadDeadline(time.Now().Add(qt))
+	err := ss.pump()
+	if err != nil && wire.IsTimeout(err) {
+		return &queryTimeoutError{after: qt, err: err}
+	}
+	_ = sc.SetReadDeadline(time.Time{})
+	return err
+}
+
+// queryTimeoutError is a server that did not answer within query_timeout.
+type queryTimeoutError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *queryTimeoutError) Error() string {
+	return fmt.Sprintf("no answer within limits.query_timeout (%s)", e.after)
+}
+func (e *queryTimeoutError) Unwrap() error { return e.err }
 
 // endsWithSync reports whether the last pending entry makes the server
 // answer without a Flush.
@@ -818,7 +846,7 @@ func (ss *session) syncQuietly(mask uint64) error {
 		if sc != nil && mask&(1<<uint(s)) != 0 {
 			ss.useConn(s)
 			ss.push(pend{kind: pSync, mode: mSwallow})
-			if err := ss.pump(); err != nil {
+			if err := ss.pumpTimed(); err != nil {
 				return err
 			}
 			if sc.TxStatus == 'E' && ss.tx.open {

@@ -349,6 +349,7 @@ func (ss *session) copyIn() error {
 		}
 		typ, msg, err := ss.r.Next()
 		if err != nil {
+			ss.reportTooLarge(err)
 			return clientError{err}
 		}
 		switch typ {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,8 +165,9 @@ type Server struct {
 	shutting atomic.Bool
 	hardStop atomic.Int64 // unix nanos after which in-transaction sessions are cut
 
-	mu       sync.Mutex
-	sessions map[uint32]*session
+	mu        sync.Mutex
+	sessions  map[uint32]*session
+	userConns map[string]int // logged-in clients by user, for users[].max_connections
 
 	console consoleState // the admin console (console.go)
 }
@@ -225,10 +227,25 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 			WaitTimeout:    cfg.Pool.WaitTimeout.D(),
 			ConnectTimeout: cfg.Pool.ConnectTimeout.D(),
 			IdleTimeout:    cfg.Pool.IdleTimeout.D(),
+			ServerParams:   ServerParams(cfg.Limits),
 		})
 		s.ownPools = true
 	}
 	return s, nil
+}
+
+// ServerParams are the startup parameters that forward the configured
+// limits to every server connection, in milliseconds as PostgreSQL reads
+// them.
+func ServerParams(l config.Limits) map[string]string {
+	p := map[string]string{}
+	if d := l.StatementTimeout.D(); d > 0 {
+		p["statement_timeout"] = strconv.FormatInt(d.Milliseconds(), 10)
+	}
+	if d := l.IdleInTransactionTimeout.D(); d > 0 {
+		p["idle_in_transaction_session_timeout"] = strconv.FormatInt(d.Milliseconds(), 10)
+	}
+	return p
 }
 
 // Pools exposes the pool manager for stats.
@@ -340,7 +357,29 @@ func (s *Server) unregister(ss *session) {
 	if s.sessions[ss.pid] == ss {
 		delete(s.sessions, ss.pid)
 	}
+	if ss.countedUser != "" {
+		if s.userConns[ss.countedUser]--; s.userConns[ss.countedUser] <= 0 {
+			delete(s.userConns, ss.countedUser)
+		}
+		ss.countedUser = ""
+	}
 	s.mu.Unlock()
+}
+
+// admitUser counts an authenticated client against its user's
+// max_connections (0: no cap); false when the user is at its cap.
+func (s *Server) admitUser(ss *session, user string, max int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max > 0 && s.userConns[user] >= max {
+		return false
+	}
+	if s.userConns == nil {
+		s.userConns = map[string]int{}
+	}
+	s.userConns[user]++
+	ss.countedUser = user
+	return true
 }
 
 // cancel forwards a client's CancelRequest to the server connection that

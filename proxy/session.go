@@ -165,6 +165,7 @@ type session struct {
 	sawRollback  bool
 	loginErr     *wire.Error
 	serverFailed bool
+	countedUser  string // the user this client counts against (Server.admitUser)
 }
 
 var paramsTags atomic.Uint64
@@ -273,12 +274,29 @@ func (ss *session) onReadError(err error) bool {
 	}
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 		var fe *wire.FramingError
+		if ss.reportTooLarge(err) {
+			return false
+		}
 		if errors.As(err, &fe) {
 			ss.fatal(wire.Fatalf(wire.CodeProtocolViolation, "invalid message from client: %v", err))
 		}
 		ss.srv.log.Debug("client read", "pid", ss.pid, "err", err)
 	}
 	return false
+}
+
+// reportTooLarge tells the client its message was over
+// limits.max_message_size; false if err is something else. The message
+// was not read, so the connection cannot go on.
+func (ss *session) reportTooLarge(err error) bool {
+	var tl *wire.TooLargeError
+	if !errors.As(err, &tl) {
+		return false
+	}
+	ss.srv.log.Warn("client message over limits.max_message_size", "pid", ss.pid, "user", ss.countedUser, "type", string(tl.Type), "bytes", tl.Length)
+	ss.fatal(wire.Fatalf(wire.CodeProgramLimitExceeded, "message of %d bytes is over limits.max_message_size (%d bytes)", tl.Length, tl.Max).
+		WithHint("Raise limits.max_message_size, or send the data in smaller pieces (COPY, or several statements)."))
+	return true
 }
 
 // finish returns or closes the server connections when the client leaves.
@@ -592,6 +610,13 @@ func (ss *session) serverLost(err error) error {
 	}
 	if ss.sc != nil {
 		ss.detach(true)
+	}
+	var qt *queryTimeoutError
+	if errors.As(err, &qt) {
+		ss.srv.log.Warn("server did not answer within limits.query_timeout; connection closed", "shard", shard, "server", addr, "pid", ss.pid, "timeout", qt.after)
+		ss.fatal(wire.Fatalf(wire.CodeQueryCanceled, "canceling statement: server %s (%s) did not answer within limits.query_timeout (%s)", shard, addr, qt.after).
+			WithHint("The statement may or may not have completed; reconnect and check."))
+		return err
 	}
 	ss.srv.log.Warn("server connection lost", "shard", shard, "server", addr, "pid", ss.pid, "err", err)
 	ss.fatal(wire.Fatalf(wire.CodeConnectionFailure, "lost connection to server %s (%s): %v", shard, addr, err).

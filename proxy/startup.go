@@ -41,6 +41,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		_ = tc.SetNoDelay(true)
 	}
 	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 16<<10), w: wire.NewWriter(nc, 16<<10)}
+	ss.r.SetMaxMessage(int(s.Config().Limits.MaxMessageSize))
 	_ = nc.SetDeadline(time.Now().Add(startupTimeout))
 	startup, err := ss.readStartup()
 	if err != nil {
@@ -198,6 +199,13 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	if err := ss.authenticate(user, u, known); err != nil {
 		s.refuse("auth_failed")
 		return err
+	}
+	// Counted after authentication, as PostgreSQL does: a stranger cannot
+	// learn a role's limit or use it up.
+	if !s.admitUser(ss, user, u.MaxConnections) {
+		s.refuse("too_many_user_connections")
+		return wire.Fatalf(wire.CodeTooManyConnections, "too many connections for role %q", user).
+			WithDetail(fmt.Sprintf("users[].max_connections is %d for this user", u.MaxConnections))
 	}
 	if db == ConsoleDatabase {
 		return ss.consoleLogin(u, db)

@@ -18,6 +18,8 @@ const (
 	CodeInvalidAuthSpec         = "28000"
 	CodeInvalidCatalogName      = "3D000"
 	CodeTooManyConnections      = "53300"
+	CodeProgramLimitExceeded    = "54000"
+	CodeQueryCanceled           = "57014"
 	CodeConfigLimitExceeded     = "53400"
 	CodeFeatureNotSupported     = "0A000"
 	CodeAdminShutdown           = "57P01"

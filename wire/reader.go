@@ -11,6 +11,9 @@ import (
 // anything over 1 GiB, and a larger length is a sure sign of garbage.
 const MaxMessageLen = 1 << 30
 
+// growStep is the first allocation for a message larger than the buffer.
+const growStep = 1 << 20
+
 // Reader reads typed protocol messages (1 type byte, 4 length bytes, body).
 //
 // Next returns a view of the whole message that stays valid until the
@@ -20,11 +23,22 @@ type Reader struct {
 	br      *bufio.Reader
 	scratch []byte
 	pending int // bytes to Discard from br before the next message
+	max     int // 0: MaxMessageLen
 }
 
 // NewReader wraps r with a buffer of the given size.
 func NewReader(r io.Reader, size int) *Reader {
 	return &Reader{br: bufio.NewReaderSize(r, size)}
+}
+
+// SetMaxMessage makes Next refuse, with a *TooLargeError, messages longer
+// than n bytes (type byte excluded, as PostgreSQL counts); n <= 0 or above
+// MaxMessageLen means MaxMessageLen.
+func (r *Reader) SetMaxMessage(n int) {
+	if n <= 0 || n > MaxMessageLen {
+		n = 0
+	}
+	r.max = n
 }
 
 // Reset points the reader at a new source, dropping buffered data.
@@ -57,6 +71,9 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 	if n < 4 || n > MaxMessageLen {
 		return 0, nil, &FramingError{Type: typ, Length: n}
 	}
+	if r.max > 0 && n > r.max {
+		return 0, nil, &TooLargeError{Type: typ, Length: n, Max: r.max}
+	}
 	total := n + 1
 	if total <= r.br.Size() {
 		msg, err = r.br.Peek(total)
@@ -66,13 +83,28 @@ func (r *Reader) Next() (typ byte, msg []byte, err error) {
 		r.pending = total
 		return typ, msg, nil
 	}
-	if cap(r.scratch) < total {
-		r.scratch = make([]byte, total)
+	// The buffer grows with the bytes that actually arrive: a header
+	// claiming a huge length must not cost that much memory up front
+	// (one connection could otherwise pin up to the limit by sending 5
+	// bytes).
+	msg = r.scratch[:0]
+	if cap(msg) < total && cap(msg) < growStep {
+		msg = make([]byte, 0, min(total, growStep))
 	}
-	msg = r.scratch[:total]
-	if _, err := io.ReadFull(r.br, msg); err != nil {
-		return 0, nil, unexpected(err)
+	for len(msg) < total {
+		if len(msg) == cap(msg) {
+			grown := make([]byte, len(msg), min(2*cap(msg), total))
+			copy(grown, msg)
+			msg = grown
+		}
+		n, err := r.br.Read(msg[len(msg):min(cap(msg), total)])
+		msg = msg[:len(msg)+n]
+		if err != nil && len(msg) < total {
+			r.scratch = msg[:0]
+			return 0, nil, unexpected(err)
+		}
 	}
+	r.scratch = msg[:0]
 	// Keep huge one-off buffers (a 100 MB bytea) from pinning memory.
 	if cap(r.scratch) > 8<<20 {
 		r.scratch = nil
@@ -120,6 +152,17 @@ type FramingError struct {
 
 func (e *FramingError) Error() string {
 	return fmt.Sprintf("invalid message length %d for message type %q", e.Length, e.Type)
+}
+
+// TooLargeError is a well-formed message longer than the reader's
+// SetMaxMessage limit. Its bytes were not read: the stream cannot go on.
+type TooLargeError struct {
+	Type        byte
+	Length, Max int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", e.Type, e.Length, e.Max)
 }
 
 // Body strips the 5-byte header from a raw message.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -92,5 +94,42 @@ func BenchmarkReaderNext(b *testing.B) {
 			src.Reset(in)
 			r.Reset(src)
 		}
+	}
+}
+
+func TestReaderMaxMessage(t *testing.T) {
+	small, big := msg('Q', "select 1\x00"), msg('Q', strings.Repeat("x", 5000)+"\x00")
+	r := NewReader(bytes.NewReader(append(append([]byte(nil), small...), big...)), 64)
+	r.SetMaxMessage(4096)
+	if _, m, err := r.Next(); err != nil || !bytes.Equal(m, small) {
+		t.Fatalf("small message: %q, %v", m, err)
+	}
+	_, _, err := r.Next()
+	var tl *TooLargeError
+	if !errors.As(err, &tl) || tl.Length != 5005 || tl.Max != 4096 || tl.Type != 'Q' {
+		t.Fatalf("got %v, want a TooLargeError for 5005 bytes over 4096", err)
+	}
+}
+
+// A header claiming a huge message costs memory only for the bytes that
+// arrive: a client cannot pin the length it claims by sending 5 bytes.
+func TestReaderHugeClaimSmallAlloc(t *testing.T) {
+	in := append([]byte{'Q', 0x30, 0, 0, 0}, []byte("select")...) // claims 805 MB
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, _, err := NewReader(bytes.NewReader(in), 64).Next()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("got %v, want unexpected EOF", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 4<<20 {
+		t.Fatalf("allocated %d bytes for a message that sent 6", grew)
+	}
+	// A real large message still reads whole, across many buffer fills.
+	body := bytes.Repeat([]byte("0123456789"), 500_000)
+	m := msg('d', string(body))
+	_, got, err := NewReader(bytes.NewReader(m), 64).Next()
+	if err != nil || !bytes.Equal(got, m) {
+		t.Fatalf("5 MB message: %d bytes, %v", len(got), err)
 	}
 }

@@ -62,6 +62,7 @@ func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.C
 		WaitTimeout:    cfg.Pool.WaitTimeout.D(),
 		ConnectTimeout: cfg.Pool.ConnectTimeout.D(),
 		IdleTimeout:    cfg.Pool.IdleTimeout.D(),
+		ServerParams:   proxy.ServerParams(cfg.Limits),
 		OnConnect: func(err error) {
 			m.ServerConnectsTotal.Inc()
 			if err != nil {

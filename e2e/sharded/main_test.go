@@ -6,6 +6,7 @@ package sharded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -203,16 +204,8 @@ func onShards(t testing.TB, n int, sql string) []int64 {
 }
 
 func pgCode(err error) string {
-	if pe, ok := err.(*pgconn.PgError); ok {
-		return pe.Code
-	}
 	var pe *pgconn.PgError
-	if e, ok := err.(interface{ Unwrap() error }); ok {
-		if p, ok := e.Unwrap().(*pgconn.PgError); ok {
-			pe = p
-		}
-	}
-	if pe != nil {
+	if errors.As(err, &pe) {
 		return pe.Code
 	}
 	return ""
