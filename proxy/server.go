@@ -197,6 +197,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if s.tls != nil && s.tls.MinVersion < tls.VersionTLS12 {
+		// TLS 1.0 and 1.1 are broken; no caller gets them by omission.
+		s.tls = s.tls.Clone()
+		s.tls.MinVersion = tls.VersionTLS12
+	}
 	t, err := newTopology(cfg.Shards, reservedPrimaries(len(cfg.Shards)))
 	if err != nil {
 		return nil, err
