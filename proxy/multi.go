@@ -217,7 +217,9 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 		u.g = g
 	}
 	g := u.g
-	g.wantRD = describe
+	// The RowDescription goes out below, after BindComplete: the gather
+	// must not send it on its own as it does for a simple query.
+	g.wantRD = false
 	var split map[int][]int
 	if u.st.Kind == plan.InsertSplit {
 		var e *wire.Error
