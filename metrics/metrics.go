@@ -50,6 +50,14 @@ type Metrics struct {
 	ServerConnectsTotal prometheus.Counter
 	ServerConnectErrors prometheus.Counter
 	CancelRequests      prometheus.Counter
+	// NodeDowns counts a node's healthy-to-unhealthy changes, so an
+	// outage shorter than the scrape interval still shows; ServerLost
+	// counts server connections lost mid-statement (closed, timed out or
+	// cut after a health failure) and ReplicaReadRetries the reads run
+	// again on the primary after their replica failed. All by node.
+	NodeDowns          *prometheus.CounterVec
+	ServerLost         *prometheus.CounterVec
+	ReplicaReadRetries *prometheus.CounterVec
 
 	errorClasses errorClassCache
 	routes       *routeMetrics
@@ -108,6 +116,18 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "cancel_requests_total",
 			Help: "CancelRequest messages received from clients.",
 		}),
+		NodeDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "node_down_total",
+			Help: "Times a node went from healthy to failing its health probe.",
+		}, []string{"shard", "node", "role"}),
+		ServerLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "server_connections_lost_total",
+			Help: "Server connections lost while a statement ran on them (closed by the server, timed out, or cut after a health failure).",
+		}, []string{"node"}),
+		ReplicaReadRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "replica_read_retries_total",
+			Help: "Reads run again on the primary because their replica failed before the client saw an answer.",
+		}, []string{"node"}),
 	}
 	// Resolving the children now also makes every reason appear as 0 on
 	// the first scrape, so rate() and alerts work before the first refusal.
@@ -125,6 +145,7 @@ func New() *Metrics {
 		m.Queries, m.Transactions, m.Errors,
 		m.PoolWaitSeconds, m.PoolWaitTimeouts,
 		m.ServerConnectsTotal, m.ServerConnectErrors, m.CancelRequests,
+		m.NodeDowns, m.ServerLost, m.ReplicaReadRetries,
 		m.routes.statements, m.routes.batchSeconds,
 	)
 	return m

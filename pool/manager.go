@@ -75,6 +75,16 @@ func (m *Manager) Get(n *Node, user, password, database string) *Pool {
 	return p
 }
 
+// AbortDials stops the connects in progress to the node at addr
+// (host:port) in every pool.
+func (m *Manager) AbortDials(addr string) {
+	for _, p := range m.All() {
+		if p.Key.Node == addr {
+			p.AbortDials()
+		}
+	}
+}
+
 // All returns every pool, for stats.
 func (m *Manager) All() []*Pool {
 	m.mu.RLock()

@@ -52,6 +52,9 @@ type Pool struct {
 	total   int     // idle + handed out + being created
 	waiters []chan grant
 	closed  bool
+	// dials is canceled by AbortDials: connects in progress give up.
+	dials      context.Context
+	abortDials context.CancelFunc
 }
 
 // grant is what a waiting client receives: a connection, or the right to
@@ -63,7 +66,20 @@ var ErrClosed = errors.New("pool closed")
 
 // New makes a pool. cfg is the connection config for (node, user, database).
 func New(key Key, shard, role string, cfg *pgconn.Config, opts Options) *Pool {
-	return &Pool{Key: key, Shard: shard, Role: role, cfg: cfg, opts: opts}
+	p := &Pool{Key: key, Shard: shard, Role: role, cfg: cfg, opts: opts}
+	p.dials, p.abortDials = context.WithCancel(context.Background())
+	return p
+}
+
+// AbortDials makes every connect in progress fail now: the node was seen
+// down, and a stalled server would hold each for the whole connect
+// timeout. Later connects try again.
+func (p *Pool) AbortDials() {
+	p.mu.Lock()
+	abort := p.abortDials
+	p.dials, p.abortDials = context.WithCancel(context.Background())
+	p.mu.Unlock()
+	abort()
 }
 
 // Acquire returns a server connection, waiting up to WaitTimeout for one
@@ -159,10 +175,11 @@ func (p *Pool) dropWaiter(ch chan grant) bool {
 // create opens a connection in a slot already counted in total.
 func (p *Pool) create(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
-	timeout, cfg := p.opts.ConnectTimeout, p.cfg
+	timeout, cfg, dials := p.opts.ConnectTimeout, p.cfg, p.dials
 	p.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	defer context.AfterFunc(dials, cancel)()
 	c, err := connect(cctx, cfg)
 	if p.opts.OnConnect != nil {
 		p.opts.OnConnect(err)

@@ -4,6 +4,9 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +85,57 @@ func TestDoubleReleaseIsHarmless(t *testing.T) {
 	p.Release(c)
 	if st := p.Stats(); st.Idle != 1 {
 		t.Fatalf("double release left %d idle entries, want 1", st.Idle)
+	}
+}
+
+// TestAbortDials: a server that accepts the TCP connection and then says
+// nothing (stalled, SIGSTOP) holds a connect for the whole connect
+// timeout; AbortDials, called when the node is seen down, ends it now.
+func TestAbortDials(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accept and never answer
+		}
+	}()
+	cfg, err := pgconn.ParseConfig("postgres://u@" + ln.Addr().String() + "/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Key{Node: ln.Addr().String(), User: "u", Database: "db"}, "s0", "replica", cfg, Options{MaxSize: 2, WaitTimeout: time.Second, ConnectTimeout: 30 * time.Second})
+	m := &Manager{pools: map[Key]*Pool{p.Key: p}}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := p.Acquire(context.Background())
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	m.AbortDials(ln.Addr().String())
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("connect to a silent server succeeded")
+		}
+		t.Logf("connect ended %s after it began: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("AbortDials did not end a connect to a silent server")
+	}
+	// The pool's slot came back and later connects are not pre-aborted.
+	if s := p.Stats(); s.Active != 0 {
+		t.Fatalf("after the aborted connect: %+v", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := p.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(fmt.Sprint(err), "timeout") {
+		t.Fatalf("a later connect ended with %v, want it to run until its own deadline", err)
 	}
 }

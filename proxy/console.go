@@ -118,14 +118,16 @@ func (s *Server) initConsole(opts Options) {
 	c.started = time.Now()
 	c.clients = map[uint32]*clientInfo{}
 	h := opts.Hooks
-	s.hooks = Hooks{
+	// Start from the caller's hooks so every hook not counted here
+	// (Statement, Batch, ServerLost, ...) passes through as it is.
+	s.hooks = h
+	counted := Hooks{
 		ClientConnected: func() {
 			c.clientsTotal.Add(1)
 			if h.ClientConnected != nil {
 				h.ClientConnected()
 			}
 		},
-		ClientDisconnected: h.ClientDisconnected,
 		ClientRefused: func(reason string) {
 			c.refused.Add(1)
 			if h.ClientRefused != nil {
@@ -156,10 +158,9 @@ func (s *Server) initConsole(opts Options) {
 				h.Cancel()
 			}
 		},
-		// Not counted by the console: passed through as they are.
-		Statement: h.Statement,
-		Batch:     h.Batch,
 	}
+	s.hooks.ClientConnected, s.hooks.ClientRefused, s.hooks.Query = counted.ClientConnected, counted.ClientRefused, counted.Query
+	s.hooks.Transaction, s.hooks.Error, s.hooks.Cancel = counted.Transaction, counted.Error, counted.Cancel
 }
 
 // trackClient lists a logged-in client for SHOW CLIENTS; call the

@@ -469,6 +469,9 @@ func (ss *session) execBatch() error {
 			if !retried && onReplica && !errors.As(err, &ce) && !errors.As(err, &de) && ss.w.Flushes() == flushes &&
 				(down || (ss.sc != nil && ss.cur == slot)) {
 				ss.srv.log.Warn("replica failed during a read; running it on the primary", "pid", ss.pid, "node", ss.topo.slotNames[slot], "err", err)
+				if h := ss.srv.hooks.ReadRetried; h != nil {
+					h(ss.topo.nodes[slot].Addr())
+				}
 				if !down {
 					ss.dropFailed()
 				}

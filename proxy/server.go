@@ -47,6 +47,11 @@ type Hooks struct {
 	// shard (-1: several shards).
 	Statement func(route int, replica bool)
 	Batch     func(shard int, name string, replica bool, d time.Duration)
+	// ServerLost and ReadRetried name the node (host:port) of a server
+	// connection lost mid-statement, and of a replica whose read ran
+	// again on the primary.
+	ServerLost  func(node string)
+	ReadRetried func(node string)
 }
 
 // Route kinds passed to Hooks.Statement (metrics.Route* are the same).
@@ -450,3 +455,32 @@ func (s *Server) ClientStates() (idle, active, inTx int) {
 
 // PlanCacheStats returns the shared plan cache's hits and misses.
 func (s *Server) PlanCacheStats() (hits, misses uint64) { return s.router.CacheStats() }
+
+// NodeDown is the health monitor's news that the node at addr stopped
+// answering. Connects in progress to it give up at once. Reads running on
+// it, if it is a replica, are cut: the executor runs them again on the
+// primary when the client has seen none of their answer, so a replica
+// that stalls with its sockets open (SIGSTOP, a partition) costs its
+// readers a health-probe interval, not the outage. Statements on a
+// primary are left alone: cutting one would leave its outcome unknown to
+// the client because a probe was slow; limits.query_timeout bounds them.
+func (s *Server) NodeDown(addr string, replica bool) {
+	s.pools.AbortDials(addr)
+	if !replica {
+		return
+	}
+	var cut []*pool.Conn
+	s.mu.Lock()
+	for _, ss := range s.sessions {
+		if sc := ss.running.Load(); sc != nil && sc.Pool() != nil && sc.Pool().Key.Node == addr {
+			cut = append(cut, sc)
+		}
+	}
+	s.mu.Unlock()
+	for _, sc := range cut {
+		_ = sc.SetReadDeadline(time.Unix(1, 0))
+	}
+	if len(cut) > 0 {
+		s.log.Warn("replica down: cut the reads running on it; they run again on the primary", "node", addr, "reads", len(cut))
+	}
+}

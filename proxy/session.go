@@ -601,6 +601,9 @@ func (ss *session) serverLost(err error) error {
 			shard = ss.topo.slotNames[ss.cur]
 		}
 	}
+	if h := ss.srv.hooks.ServerLost; h != nil && addr != "" {
+		h(ss.sc.Pool().Key.Node)
+	}
 	ss.serverFailed = true
 	for s, sc := range ss.conns {
 		if sc != nil {

@@ -53,6 +53,10 @@ type Config struct {
 	// lag saturates near it (default 60 s).
 	History time.Duration
 	Logger  *slog.Logger
+	// OnDown, if set, is called (on its own goroutine) each time a node
+	// that was healthy fails a probe; replica tells whether it was last
+	// seen as a replica. The proxy uses it to stop waiting on the node.
+	OnDown func(shard, addr string, replica bool)
 }
 
 // Monitor probes every node and answers the executor's routing questions.
@@ -107,6 +111,8 @@ type shard struct {
 	primary int // -1 until a node is seen out of recovery
 
 	snap atomic.Pointer[snapshot]
+
+	onDown func(shard, addr string, replica bool) // Config.OnDown
 }
 
 // snapshot is an immutable view of one shard, rebuilt after every probe.
@@ -164,7 +170,7 @@ func (m *Monitor) add(sc ShardConfig) (*shard, error) {
 	if _, dup := old.byName[sc.Name]; dup {
 		return nil, fmt.Errorf("replica: shard %q configured twice", sc.Name)
 	}
-	s := &shard{name: sc.Name, primary: -1, log: m.log}
+	s := &shard{name: sc.Name, primary: -1, log: m.log, onDown: m.cfg.OnDown}
 	s.hist = lsnHistory{window: m.cfg.History, max: int(m.cfg.History/m.cfg.Interval)*2 + 16}
 	for j, nc := range append([]NodeConfig{sc.Primary}, sc.Replicas...) {
 		n, err := newNode(nc, m.cfg.Timeout)
@@ -402,6 +408,9 @@ func (s *shard) record(i int, res probeResult) {
 	switch {
 	case res.err != nil && (st.healthy || !st.seen && st.lastErr == ""):
 		s.log.Warn("replica: node unhealthy", "shard", s.name, "node", s.nodes[i].addr, "err", res.err)
+		if st.healthy && s.onDown != nil {
+			go s.onDown(s.name, s.nodes[i].addr, st.inRecovery && i != s.primary)
+		}
 	case res.err == nil && !st.healthy:
 		s.log.Info("replica: node healthy", "shard", s.name, "node", s.nodes[i].addr, "in_recovery", res.inRecovery)
 	}

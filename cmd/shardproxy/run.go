@@ -79,7 +79,20 @@ func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.C
 	}
 	shardList := &atomic.Pointer[[]config.Shard]{}
 	shardList.Store(&cfg.Shards)
-	mon, err := startReplicaMonitor(cfg, log)
+	// The monitor starts before the proxy it tells about nodes going down.
+	var srvP atomic.Pointer[proxy.Server]
+	mon, err := startReplicaMonitor(cfg, log, func(shard, addr string, replica bool) {
+		role := "primary"
+		if replica {
+			role = "replica"
+		}
+		m.NodeDowns.WithLabelValues(shard, addr, role).Inc()
+		if srv := srvP.Load(); srv != nil {
+			srv.NodeDown(addr, replica)
+		} else {
+			pools.AbortDials(addr)
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -125,6 +138,7 @@ func run(ctx context.Context, cfg *config.Config, cfgPath string, tlsConf *tls.C
 	if err != nil {
 		return err
 	}
+	srvP.Store(srv)
 	rl.attach(srv, mon, nil)
 	var orch *rebalance.Orchestrator
 	if store != nil {
@@ -269,6 +283,8 @@ func hooks(m *metrics.Metrics) proxy.Hooks {
 		Transaction: func() { m.Transactions.Inc() },
 		Error:       m.Error,
 		Cancel:      func() { m.CancelRequests.Inc() },
+		ServerLost:  func(node string) { m.ServerLost.WithLabelValues(node).Inc() },
+		ReadRetried: func(node string) { m.ReplicaReadRetries.WithLabelValues(node).Inc() },
 	}
 }
 
@@ -389,8 +405,8 @@ func watchShardMap(ctx context.Context, st *shard.PGStore, srv *proxy.Server, lo
 // startReplicaMonitor probes every primary and replica (health, WAL
 // positions, lag), so reads outside transactions can go to replicas
 // within the lag bound and the admin API reports real node health.
-func startReplicaMonitor(cfg *config.Config, log *slog.Logger) (*replica.Monitor, error) {
-	rc := replica.Config{Logger: log}
+func startReplicaMonitor(cfg *config.Config, log *slog.Logger, onDown func(shard, addr string, replica bool)) (*replica.Monitor, error) {
+	rc := replica.Config{Logger: log, OnDown: onDown}
 	for _, sh := range cfg.Shards {
 		rc.Shards = append(rc.Shards, replicaShardConfig(sh))
 	}
