@@ -159,3 +159,34 @@ func TestValidKeyType(t *testing.T) {
 		}
 	}
 }
+
+func TestLimits(t *testing.T) {
+	base := "users: [{name: a, password: b}]\nshards: [{name: s, primary: postgres://x@h/db}]\n"
+	for y, want := range map[string]Size{"": 256 << 20, "1048576": 1 << 20, "64kB": 64 << 10, "16MB": 16 << 20, "1GB": 1 << 30} {
+		doc := base
+		if y != "" {
+			doc += "limits:\n  max_message_size: " + y + "\n"
+		}
+		c, err := Parse([]byte(doc))
+		if err != nil || c.Limits.MaxMessageSize != want {
+			t.Errorf("max_message_size %q: %v, %v; want %d", y, c, err, want)
+		}
+	}
+	for y, field := range map[string]string{
+		"max_message_size: 12 parsecs":   "line 4",
+		"max_message_size: 100":          "limits.max_message_size",
+		"max_message_size: 2GB":          "limits.max_message_size",
+		"statement_timeout: -1s":         "limits.statement_timeout",
+		"query_timeout: 10us":            "limits.query_timeout",
+		"idle_in_transaction_timeout: x": "line 4",
+	} {
+		_, err := Parse([]byte(base + "limits:\n  " + y + "\n"))
+		if err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: got %v, want an error naming %s", y, err, field)
+		}
+	}
+	_, err := Parse([]byte("users: [{name: a, password: b, max_connections: -1}]\nshards: [{name: s, primary: postgres://x@h/db}]\n"))
+	if err == nil || !strings.Contains(err.Error(), "users[0].max_connections") {
+		t.Errorf("negative max_connections: %v", err)
+	}
+}
