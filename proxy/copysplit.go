@@ -311,6 +311,18 @@ type copySplitter struct {
 	binary    bool
 	buf       []byte // an incomplete row carried to the next CopyData
 	sawHeader bool
+	// The scan of the incomplete row at the start of buf resumes where
+	// the last CopyData left it (scan bytes in, inside quotes or not), so
+	// a huge row arriving in small pieces is scanned once, not once per
+	// piece.
+	scan    int
+	inQuote bool
+	// eol is the line ending the first row used; PostgreSQL holds every
+	// row to it.
+	eol copyEOL
+	// ended: the end-of-data marker \. was seen; PostgreSQL ignores the
+	// rest of the stream, and so does the split.
+	ended bool
 	// binary format: the file header, sent to every shard once.
 	binHeader []byte
 }
@@ -349,70 +361,85 @@ func newCopySplitter(c *plan.Copy, keyCol int) (*copySplitter, *wire.Error) {
 // to every shard, for headers and the binary trailer).
 type routeFn func(row, key []byte, null, all bool)
 
+// copyEOL is a COPY stream's line ending, as PostgreSQL's
+// CopyReadLineText classifies it from the first line.
+type copyEOL uint8
+
+const (
+	eolUnknown copyEOL = iota
+	eolNL              // \n
+	eolCR              // \r alone
+	eolCRNL            // \r\n
+)
+
 // feed consumes one CopyData payload.
 func (sp *copySplitter) feed(data []byte, route routeFn) *wire.Error {
 	if sp.binary {
 		sp.buf = append(sp.buf, data...)
 		return sp.binaryRows(route, false)
 	}
+	if sp.ended {
+		return nil
+	}
 	b := data
 	if len(sp.buf) > 0 {
 		sp.buf = append(sp.buf, data...)
 		b = sp.buf
 	}
-	rest, e := sp.textRows(b, route)
+	rest, e := sp.textRows(b, route, false)
 	if e != nil {
 		return e
 	}
-	if len(rest) > 0 {
-		if len(sp.buf) > 0 {
-			sp.buf = append(sp.buf[:0], rest...)
-		} else {
-			sp.buf = append([]byte(nil), rest...)
-		}
-	} else {
+	switch {
+	case len(rest) == 0:
 		sp.buf = sp.buf[:0]
+	case len(sp.buf) == 0:
+		sp.buf = append([]byte(nil), rest...)
+	case len(rest) < len(sp.buf):
+		// Rows were routed: move the incomplete one to the front. When
+		// none was, rest is all of buf already (no copy per message).
+		sp.buf = append(sp.buf[:0], rest...)
 	}
 	return nil
 }
 
-// finish handles what remains at CopyDone.
+// finish handles what remains at CopyDone: a last row without its line
+// ending is a row.
 func (sp *copySplitter) finish(route routeFn) *wire.Error {
 	if sp.binary {
 		return sp.binaryRows(route, true)
 	}
-	if len(sp.buf) > 0 {
-		// A last row without its newline.
-		row := append(sp.buf, '\n')
-		sp.buf = nil
-		rest, e := sp.textRows(row, route)
-		if e == nil && len(rest) > 0 {
-			// Still inside quotes at the end of the data: PostgreSQL
-			// refuses it too, rather than dropping the row.
-			return wire.Errorf("22P04", "unterminated CSV quoted field")
-		}
-		return e
+	if sp.ended || len(sp.buf) == 0 {
+		return nil
 	}
-	return nil
+	b := sp.buf
+	sp.buf = nil
+	_, e := sp.textRows(b, route, true)
+	return e
 }
 
-// textRows routes every complete row in b and returns the incomplete rest.
-func (sp *copySplitter) textRows(b []byte, route routeFn) ([]byte, *wire.Error) {
-	for len(b) > 0 {
-		end := sp.rowEnd(b)
+// textRows routes every complete row in b and returns the incomplete
+// rest; with final, the end of b ends the last row.
+func (sp *copySplitter) textRows(b []byte, route routeFn, final bool) ([]byte, *wire.Error) {
+	for len(b) > 0 && !sp.ended {
+		end, term, e := sp.rowEnd(b, final)
+		if e != nil {
+			return nil, e
+		}
 		if end < 0 {
 			return b, nil
 		}
-		row := b[:end+1]
-		b = b[end+1:]
+		row, line := b[:end], b[:end-term]
+		b = b[end:]
+		sp.scan, sp.inQuote = 0, false
 		if sp.header && !sp.sawHeader {
 			sp.sawHeader = true
 			route(row, nil, false, true) // each shard skips its own header line
 			continue
 		}
-		line := bytes.TrimRight(row, "\r\n")
-		if sp.format == "text" && string(line) == `\.` {
-			continue
+		if string(line) == `\.` {
+			sp.ended = true
+			return nil, nil
 		}
 		key, null, e := sp.field(line)
 		if e != nil {
@@ -423,25 +450,98 @@ func (sp *copySplitter) textRows(b []byte, route routeFn) ([]byte, *wire.Error) 
 	return nil, nil
 }
 
-// rowEnd finds the newline ending the first row of b (-1 if none yet);
-// in CSV a newline inside quotes belongs to the field.
-func (sp *copySplitter) rowEnd(b []byte) int {
-	if sp.format != "csv" {
-		return bytes.IndexByte(b, '\n')
+// rowEnd finds the end of the first row of b: the index just past its
+// line ending and the ending's length, or -1 if the row is not complete
+// yet. It follows PostgreSQL's CopyReadLineText: in text format a
+// backslash takes the next byte with it (a backslash-newline is data); in
+// CSV a line ending inside quotes is data; the first row's ending (\n,
+// \r or \r\n) is the stream's, and other line-ending bytes are left in
+// the row for the shard to refuse as PostgreSQL would.
+func (sp *copySplitter) rowEnd(b []byte, final bool) (int, int, *wire.Error) {
+	csv := sp.format == "csv"
+	inQuote := sp.inQuote
+	pause := func(i int) (int, int, *wire.Error) {
+		// The byte at i needs the next one to be understood.
+		sp.scan, sp.inQuote = i, inQuote
+		return -1, 0, nil
 	}
-	inQuote := false
-	for i := 0; i < len(b); i++ {
+	for i := sp.scan; i < len(b); i++ {
 		c := b[i]
-		switch {
-		case inQuote && c == sp.escape && sp.escape != sp.quote && i+1 < len(b) && (b[i+1] == sp.quote || b[i+1] == sp.escape):
+		if csv {
+			if inQuote {
+				if c == sp.escape && sp.escape != sp.quote {
+					if i+1 >= len(b) && !final {
+						return pause(i)
+					}
+					if i+1 < len(b) && (b[i+1] == sp.quote || b[i+1] == sp.escape) {
+						i++
+					}
+					continue
+				}
+				if c == sp.quote {
+					inQuote = false
+				}
+				continue
+			}
+			if c == sp.quote {
+				inQuote = true
+				continue
+			}
+		} else if c == '\\' {
+			if i+1 >= len(b) {
+				if !final {
+					return pause(i)
+				}
+				continue
+			}
 			i++
-		case c == sp.quote:
-			inQuote = !inQuote
-		case c == '\n' && !inQuote:
-			return i
+			continue
+		}
+		if c != '\n' && c != '\r' {
+			continue
+		}
+		if sp.eol == eolUnknown {
+			switch {
+			case c == '\n':
+				sp.eol = eolNL
+			case i+1 < len(b) && b[i+1] == '\n':
+				sp.eol = eolCRNL
+			case i+1 >= len(b) && !final:
+				return pause(i)
+			default:
+				sp.eol = eolCR
+			}
+		}
+		switch sp.eol {
+		case eolNL:
+			if c == '\n' {
+				return i + 1, 1, nil
+			}
+		case eolCR:
+			if c == '\r' {
+				return i + 1, 1, nil
+			}
+		case eolCRNL:
+			if c == '\r' {
+				if i+1 >= len(b) && !final {
+					return pause(i)
+				}
+				if i+1 < len(b) && b[i+1] == '\n' {
+					return i + 2, 2, nil
+				}
+			}
 		}
 	}
-	return -1
+	if !final {
+		sp.scan, sp.inQuote = len(b), inQuote
+		return -1, 0, nil
+	}
+	if inQuote {
+		// Still inside quotes at the end of the data: PostgreSQL refuses
+		// it too, rather than dropping the row.
+		return 0, 0, wire.Errorf("22P04", "unterminated CSV quoted field")
+	}
+	return len(b), 0, nil
 }
 
 // field extracts the key column's value from one row.
@@ -644,7 +744,9 @@ func (sp *copySplitter) binaryRows(route routeFn, final bool) *wire.Error {
 		route(b[:off], key, null, false)
 		b = b[off:]
 	}
-	sp.buf = append(sp.buf[:0], b...)
+	if len(b) < len(sp.buf) { // tuples were routed: keep the rest at the front
+		sp.buf = append(sp.buf[:0], b...)
+	}
 	if final && len(sp.buf) > 0 {
 		return wire.Errorf("22P04", "unexpected end of COPY data")
 	}
