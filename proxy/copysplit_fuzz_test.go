@@ -357,9 +357,9 @@ func FuzzCopySplitter(f *testing.F) {
 	f.Add([]byte("k\\x41\\101\tv\n"), []byte{4}, uint8(0))
 	f.Add([]byte(""), []byte{}, uint8(1))
 	f.Add([]byte("1\tline one\\\nstill one\n2\tb\n"), []byte{9, 1}, uint8(0)) // backslash-newline is data
-	f.Add([]byte("1\ta\r2\tb\r3\tc"), []byte{4, 1}, uint8(0))                  // rows ended by bare \r
-	f.Add([]byte("1,a\r\n2,\"b\r\nc\"\r\n"), []byte{5, 1}, uint8(1))             // CRLF, CRLF inside quotes
-	f.Add([]byte("1,a\n\\.\n9,after the end\n"), []byte{4}, uint8(1))          // \. ends CSV data too
+	f.Add([]byte("1\ta\r2\tb\r3\tc"), []byte{4, 1}, uint8(0))                 // rows ended by bare \r
+	f.Add([]byte("1,a\r\n2,\"b\r\nc\"\r\n"), []byte{5, 1}, uint8(1))          // CRLF, CRLF inside quotes
+	f.Add([]byte("1,a\n\\.\n9,after the end\n"), []byte{4}, uint8(1))         // \. ends CSV data too
 	f.Add([]byte("1\ta\n\\.\n9\tafter the end\n"), []byte{2, 2}, uint8(0))    // and text: the rest is ignored
 	f.Fuzz(func(t *testing.T, data, cuts []byte, opts uint8) {
 		c := &plan.Copy{Format: "text", Header: opts&2 != 0}
