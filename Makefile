@@ -66,7 +66,7 @@ lint:
 # seed corpora (testdata/fuzz) also run in make test.
 FUZZTIME ?= 30s
 FUZZFLAGS ?=
-FUZZ_TARGETS := ./wire:FuzzReader ./proxy:FuzzSession ./proxy:FuzzParseSessionSets \
+FUZZ_TARGETS := ./wire:FuzzReader ./proxy:FuzzSession ./proxy:FuzzRoute ./proxy:FuzzParseSessionSets \
 	./proxy:FuzzCopySplitter ./router:FuzzAnalyze ./merge:FuzzAdd ./config:FuzzLoad \
 	./shard:FuzzHash ./shard:FuzzSlotOfText
 fuzz:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -42,6 +43,16 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 16<<10), w: wire.NewWriter(nc, 16<<10)}
 	ss.r.SetMaxMessage(int(s.Config().Limits.MaxMessageSize))
+	defer func() {
+		// The last line of defence for the startup, login and console
+		// paths (a session's own run has a finer one that also closes its
+		// server connections): a bug costs this client, not the proxy.
+		if r := recover(); r != nil {
+			s.log.Error("BUG: client connection panicked", "remote", nc.RemoteAddr(), "panic", r, "stack", string(debug.Stack()))
+			ss.fatal(wire.Fatalf(wire.CodeInternalError, "shardproxy internal error: %v", r).
+				WithHint("This is a bug in shardproxy; the connection was closed."))
+		}
+	}()
 	_ = nc.SetDeadline(time.Now().Add(startupTimeout))
 	startup, err := ss.readStartup()
 	if err != nil {
