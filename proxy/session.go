@@ -206,6 +206,9 @@ func (ss *session) run() {
 		if ss.shouldWatch() {
 			watch = ss.startWatch()
 		}
+		if ss.r.Buffered() == 0 {
+			ss.w.Release() // about to wait on the client: hold no buffer meanwhile
+		}
 		typ, msg, err := ss.r.Next()
 		if watch != nil {
 			if werr := watch.stop(); werr != nil {

@@ -41,7 +41,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 16<<10), w: wire.NewWriter(nc, 16<<10)}
+	// The write buffer comes from a shared pool while there is something
+	// to send (session.run releases it before waiting on the client), so
+	// an idle client costs no write buffer.
+	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 16<<10), w: wire.NewWriter(nc, 0)}
 	ss.r.SetMaxMessage(int(s.Config().Limits.MaxMessageSize))
 	defer func() {
 		// The last line of defence for the startup, login and console

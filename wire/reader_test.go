@@ -133,3 +133,36 @@ func TestReaderHugeClaimSmallAlloc(t *testing.T) {
 		t.Fatalf("5 MB message: %d bytes, %v", len(got), err)
 	}
 }
+
+// A released writer holds no buffer, takes one again on the next write,
+// and the round trip allocates nothing once the pool is warm.
+func TestWriterRelease(t *testing.T) {
+	var out bytes.Buffer
+	w := NewWriter(&out, 0)
+	w.Append(msg('Q', "select 1\x00"))
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.Release()
+	if w.buf != nil {
+		t.Fatal("released writer still holds a buffer")
+	}
+	w.Append([]byte("x"))
+	w.Release() // not empty: kept
+	if w.Len() != 1 {
+		t.Fatalf("Release dropped buffered bytes: %d", w.Len())
+	}
+	_ = w.Flush()
+	rfq := msg('Z', "I")
+	allocs := testing.AllocsPerRun(100, func() {
+		w.Append(rfq)
+		_ = w.Flush()
+		w.Release()
+	})
+	if allocs > 0.1 {
+		t.Fatalf("%.1f allocations per write/flush/release", allocs)
+	}
+	if !strings.HasPrefix(out.String(), "Q") || !strings.HasSuffix(out.String(), "I") {
+		t.Fatalf("output %q", out.String())
+	}
+}
