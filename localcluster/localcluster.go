@@ -849,6 +849,34 @@ func (n *Node) Kill() error {
 	}
 }
 
+// Pause stops the postmaster and every backend (SIGSTOP): the node's
+// sockets stay open and nothing answers, as when a network partition cuts
+// it off or its host hangs. Resume undoes it; Stop and Kill work on a
+// paused node. No-op when not running.
+func (n *Node) Pause() { n.signalTree(syscall.SIGSTOP) }
+
+// Resume continues a paused node (SIGCONT); harmless on a running one.
+func (n *Node) Resume() { n.signalTree(syscall.SIGCONT) }
+
+// signalTree sends sig to the postmaster and its children: the postmaster
+// first when stopping, so it forks no backend that would miss the signal,
+// and last when continuing.
+func (n *Node) signalTree(sig syscall.Signal) {
+	pid := n.PID()
+	if pid == 0 {
+		return
+	}
+	if sig == syscall.SIGSTOP {
+		_ = syscall.Kill(pid, sig)
+	}
+	for _, c := range childPIDs(pid) {
+		_ = syscall.Kill(c, sig)
+	}
+	if sig != syscall.SIGSTOP {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
 // killTree SIGKILLs the postmaster and its children. Children are listed
 // first, while they are still ours by parent PID; each is also killed as a
 // group because backends are session leaders and may have children of their

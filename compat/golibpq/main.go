@@ -14,54 +14,24 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/lib/pq"
+
+	"github.com/shardproxy/shardproxy/compat/scenario"
 )
 
-type env struct {
-	host, port, user, password, db, rootCert, client string
-	a, b, tid                                        int
-}
+// env is the run's settings (scenario.Env) with this client's helpers.
+type env struct{ scenario.Env }
 
-func getenv(name string) string {
-	v := os.Getenv(name)
-	if v == "" {
-		failf("environment variable %s is not set (compat/run.sh sets it)", name)
-	}
-	return v
-}
-
-func atoi(name string) int {
-	n, err := strconv.Atoi(getenv(name))
-	if err != nil {
-		failf("%s: %v", name, err)
-	}
-	return n
-}
-
-func failf(format string, args ...any) {
-	fmt.Printf("FAIL "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func ok(format string, args ...any) { fmt.Printf("ok "+format+"\n", args...) }
-
-func check(err error, what string) {
-	if err != nil {
-		failf("%s: %v", what, err)
-	}
-}
-
-func (e env) dsn(sslmode string, extra ...string) string {
-	s := fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=%s connect_timeout=10",
-		e.host, e.port, e.user, e.password, e.db, sslmode)
-	return strings.Join(append([]string{s}, extra...), " ")
-}
+var (
+	failf = scenario.Failf
+	ok    = scenario.OK
+	check = scenario.Check
+)
 
 // tlsSpy is a pq.Dialer that watches the start of each connection it
 // dials: lib/pq has no API telling whether a connection uses TLS, so it
@@ -105,7 +75,7 @@ func (s *tlsSpy) DialTimeout(network, address string, timeout time.Duration) (ne
 
 // open returns one connection of a fresh pool and whether it uses TLS.
 func (e env) open(ctx context.Context, sslmode string, extra ...string) (*sql.DB, *sql.Conn, bool) {
-	connector, err := pq.NewConnector(e.dsn(sslmode, extra...))
+	connector, err := pq.NewConnector(e.DSN(sslmode, extra...))
 	check(err, "connector")
 	spy := &tlsSpy{writes: map[net.Conn][][]byte{}}
 	connector.Dialer(spy)
@@ -134,12 +104,7 @@ func expectState(err error, want, what string) {
 }
 
 func main() {
-	e := env{host: getenv("COMPAT_HOST"), port: getenv("COMPAT_PORT"), user: getenv("COMPAT_USER"),
-		password: getenv("COMPAT_PASSWORD"), db: getenv("COMPAT_DB"), rootCert: os.Getenv("COMPAT_SSLROOTCERT"),
-		client: os.Getenv("COMPAT_CLIENT"), a: atoi("COMPAT_AID_A"), b: atoi("COMPAT_AID_B"), tid: atoi("COMPAT_TID")}
-	if e.client == "" {
-		e.client = "libpq"
-	}
+	e := env{scenario.Load("libpq")}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -150,8 +115,8 @@ func main() {
 		failf("sslmode=require: no TLS handshake seen on the connection")
 	}
 	ok("connect tls: sslmode=require, SCRAM, SSLRequest then a TLS handshake")
-	if e.rootCert != "" {
-		vdb, _, vTLS := e.open(ctx, "verify-full", "sslrootcert="+e.rootCert)
+	if e.RootCert != "" {
+		vdb, _, vTLS := e.open(ctx, "verify-full", "sslrootcert="+e.RootCert)
 		if !vTLS {
 			failf("sslmode=verify-full: no TLS handshake seen")
 		}
@@ -164,7 +129,7 @@ func main() {
 	}
 	pdb.Close()
 	ok("connect plain: sslmode=disable, SCRAM, no TLS")
-	bad, err := sql.Open("postgres", strings.Replace(e.dsn("disable"), "password="+e.password, "password=wrong", 1))
+	bad, err := sql.Open("postgres", strings.Replace(e.DSN("disable"), "password="+e.Password, "password=wrong", 1))
 	check(err, "open")
 	err = bad.PingContext(ctx)
 	bad.Close()
@@ -177,7 +142,7 @@ func main() {
 	stmt, err := conn.PrepareContext(ctx, byAid)
 	check(err, "prepare")
 	for round := 0; round < 3; round++ {
-		for _, aid := range []int{e.a, e.b} {
+		for _, aid := range []int{e.A, e.B} {
 			for named := range 2 {
 				// One at a time: a Row holds the connection until Scan.
 				var row *sql.Row
@@ -197,34 +162,34 @@ func main() {
 	check(stmt.Close(), "close statement")
 	var n, sum int
 	check(conn.QueryRowContext(ctx, "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE aid = ANY($1)",
-		pq.Array([]int{e.a, e.b})).Scan(&n, &sum), "prepared read = ANY")
-	if n != 2 || sum != 3*e.a+3*e.b {
-		failf("prepared read = ANY: got (%d, %d), want (2, %d)", n, sum, 3*e.a+3*e.b)
+		pq.Array([]int{e.A, e.B})).Scan(&n, &sum), "prepared read = ANY")
+	if n != 2 || sum != 3*e.A+3*e.B {
+		failf("prepared read = ANY: got (%d, %d), want (2, %d)", n, sum, 3*e.A+3*e.B)
 	}
-	ok("prepared: named statement and unnamed Parse/Bind read aids %d and %d on both shards, = ANY($1) fan-out", e.a, e.b)
+	ok("prepared: named statement and unnamed Parse/Bind read aids %d and %d on both shards, = ANY($1) fan-out", e.A, e.B)
 
 	// 3. A transaction across two shards: commit, then rollback.
 	balances := func(what string) (int, int) {
 		var x, y int
-		check(conn.QueryRowContext(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.a).Scan(&x), what)
-		check(conn.QueryRowContext(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.b).Scan(&y), what)
+		check(conn.QueryRowContext(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.A).Scan(&x), what)
+		check(conn.QueryRowContext(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.B).Scan(&y), what)
 		return x, y
 	}
 	tx, err := conn.BeginTx(ctx, nil)
 	check(err, "begin")
-	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 11, e.a)
+	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 11, e.A)
 	check(err, "update aid A")
-	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 22, e.b)
+	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 22, e.B)
 	check(err, "update aid B")
 	check(tx.Commit(), "commit across shards")
-	wantA, wantB := 3*e.a+11, 3*e.b+22
+	wantA, wantB := 3*e.A+11, 3*e.B+22
 	if x, y := balances("read after commit"); x != wantA || y != wantB {
 		failf("after commit: balances (%d, %d), want (%d, %d)", x, y, wantA, wantB)
 	}
-	ok("transaction: BEGIN; UPDATE aid %d; UPDATE aid %d; COMMIT -> both visible", e.a, e.b)
+	ok("transaction: BEGIN; UPDATE aid %d; UPDATE aid %d; COMMIT -> both visible", e.A, e.B)
 	tx, err = conn.BeginTx(ctx, nil)
 	check(err, "begin")
-	for _, aid := range []int{e.a, e.b} {
+	for _, aid := range []int{e.A, e.B} {
 		_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 1000 WHERE aid = $1", aid)
 		check(err, "update in rolled back transaction")
 	}
@@ -236,13 +201,13 @@ func main() {
 
 	// 4. COPY FROM STDIN with pq.CopyIn (in a transaction, as lib/pq
 	// requires); lib/pq has no COPY TO STDOUT, so the rows are counted.
-	marker := "compat " + e.client
+	marker := "compat " + e.Client
 	tx, err = conn.BeginTx(ctx, nil)
 	check(err, "begin copy")
 	cp, err := tx.PrepareContext(ctx, pq.CopyIn("pgbench_history", "tid", "bid", "aid", "delta", "mtime", "filler"))
 	check(err, "CopyIn")
 	for i := 1; i <= 20; i++ {
-		_, err = cp.ExecContext(ctx, e.tid, 1, i, i, time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), marker)
+		_, err = cp.ExecContext(ctx, e.TID, 1, i, i, time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), marker)
 		check(err, "CopyIn row")
 	}
 	res, err := cp.ExecContext(ctx)
@@ -269,7 +234,7 @@ func main() {
 	check(conn.QueryRowContext(ctx, "SELECT 1").Scan(&one), "SELECT 1 after errors")
 	tx, err = conn.BeginTx(ctx, nil)
 	check(err, "begin")
-	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 5000 WHERE aid = $1", e.a)
+	_, err = tx.ExecContext(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 5000 WHERE aid = $1", e.A)
 	check(err, "update in failing transaction")
 	_, err = tx.ExecContext(ctx, "SELECT 1/0")
 	expectState(err, "22012", "SELECT 1/0 in transaction")
@@ -277,7 +242,7 @@ func main() {
 	expectState(err, "25P02", "SELECT 1 in aborted transaction")
 	check(tx.Rollback(), "rollback after error")
 	if x, _ := balances("read after failed transaction"); x != wantA {
-		failf("after failed transaction: aid %d balance %d, want %d", e.a, x, wantA)
+		failf("after failed transaction: aid %d balance %d, want %d", e.A, x, wantA)
 	}
 	ok("error: 22012 (simple and extended) and 42601 reported, SELECT works after; in a transaction 22012, then 25P02, ROLLBACK, the UPDATE is undone")
 
@@ -297,5 +262,5 @@ func main() {
 	_ = conn.Close()
 	check(db.QueryRowContext(ctx, "SELECT 1").Scan(&one), "SELECT 1 through the pool after cancel")
 	ok("cancel: context deadline during SELECT pg_sleep(30) -> CancelRequest, 57014 after %v; the pool works after (lib/pq retires a cancelled connection by design)", took.Round(time.Millisecond))
-	fmt.Println("PASS " + e.client)
+	fmt.Println("PASS " + e.Client)
 }

@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,52 +19,23 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/shardproxy/shardproxy/compat/scenario"
 )
 
-type env struct {
-	host, port, user, password, db, rootCert, client string
-	a, b, tid                                        int
-}
+// env is the run's settings (scenario.Env) with this client's helpers.
+type env struct{ scenario.Env }
 
-func getenv(name string) string {
-	v := os.Getenv(name)
-	if v == "" {
-		failf("environment variable %s is not set (compat/run.sh sets it)", name)
-	}
-	return v
-}
-
-func atoi(name string) int {
-	n, err := strconv.Atoi(getenv(name))
-	if err != nil {
-		failf("%s: %v", name, err)
-	}
-	return n
-}
-
-func failf(format string, args ...any) {
-	fmt.Printf("FAIL "+format+"\n", args...)
-	os.Exit(1)
-}
-
-func ok(format string, args ...any) { fmt.Printf("ok "+format+"\n", args...) }
-
-func check(err error, what string) {
-	if err != nil {
-		failf("%s: %v", what, err)
-	}
-}
-
-func (e env) dsn(sslmode string, extra ...string) string {
-	s := fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=%s connect_timeout=10",
-		e.host, e.port, e.user, e.password, e.db, sslmode)
-	return strings.Join(append([]string{s}, extra...), " ")
-}
+var (
+	failf = scenario.Failf
+	ok    = scenario.OK
+	check = scenario.Check
+)
 
 // connect opens one connection whose context cancellation sends a
 // CancelRequest (pgx's default closes the connection instead).
 func (e env) connect(ctx context.Context, sslmode string, extra ...string) *pgx.Conn {
-	cfg, err := pgx.ParseConfig(e.dsn(sslmode, extra...))
+	cfg, err := pgx.ParseConfig(e.DSN(sslmode, extra...))
 	check(err, "parse config")
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, CancelRequestDelay: 0, DeadlineDelay: 10 * time.Second}
@@ -90,12 +60,7 @@ func expectState(err error, want, what string) {
 }
 
 func main() {
-	e := env{host: getenv("COMPAT_HOST"), port: getenv("COMPAT_PORT"), user: getenv("COMPAT_USER"),
-		password: getenv("COMPAT_PASSWORD"), db: getenv("COMPAT_DB"), rootCert: os.Getenv("COMPAT_SSLROOTCERT"),
-		client: os.Getenv("COMPAT_CLIENT"), a: atoi("COMPAT_AID_A"), b: atoi("COMPAT_AID_B"), tid: atoi("COMPAT_TID")}
-	if e.client == "" {
-		e.client = "pgx"
-	}
+	e := env{scenario.Load("pgx")}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -106,8 +71,8 @@ func main() {
 		failf("sslmode=require: connection is %T, not TLS", conn.PgConn().Conn())
 	}
 	ok("connect tls: sslmode=require, SCRAM, %s", tls.VersionName(tc.ConnectionState().Version))
-	if e.rootCert != "" {
-		c := e.connect(ctx, "verify-full", "sslrootcert="+e.rootCert)
+	if e.RootCert != "" {
+		c := e.connect(ctx, "verify-full", "sslrootcert="+e.RootCert)
 		ok("connect tls verify-full: the proxy presented the dev certificate")
 		c.Close(ctx)
 	}
@@ -116,7 +81,7 @@ func main() {
 		failf("sslmode=disable: connection is TLS")
 	}
 	ok("connect plain: sslmode=disable, SCRAM, not TLS")
-	bad, err := pgx.Connect(ctx, strings.Replace(e.dsn("disable"), "password="+e.password, "password=wrong", 1))
+	bad, err := pgx.Connect(ctx, strings.Replace(e.DSN("disable"), "password="+e.Password, "password=wrong", 1))
 	if err == nil {
 		bad.Close(ctx)
 		failf("wrong password accepted")
@@ -133,7 +98,7 @@ func main() {
 		failf("prepare: %v", err)
 	}
 	for round := 0; round < 3; round++ {
-		for _, aid := range []int{e.a, e.b} {
+		for _, aid := range []int{e.A, e.B} {
 			for _, sql := range []string{"by_aid", byAid} {
 				var gotAid, bid, bal int
 				check(conn.QueryRow(ctx, sql, aid).Scan(&gotAid, &bid, &bal), "prepared read aid "+strconv.Itoa(aid))
@@ -145,34 +110,34 @@ func main() {
 	}
 	var n, sum int
 	check(conn.QueryRow(ctx, "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE aid = ANY($1)",
-		[]int32{int32(e.a), int32(e.b)}).Scan(&n, &sum), "prepared read = ANY")
-	if n != 2 || sum != 3*e.a+3*e.b {
-		failf("prepared read = ANY: got (%d, %d), want (2, %d)", n, sum, 3*e.a+3*e.b)
+		[]int32{int32(e.A), int32(e.B)}).Scan(&n, &sum), "prepared read = ANY")
+	if n != 2 || sum != 3*e.A+3*e.B {
+		failf("prepared read = ANY: got (%d, %d), want (2, %d)", n, sum, 3*e.A+3*e.B)
 	}
-	ok("prepared: named statement and statement cache read aids %d and %d on both shards, = ANY($1) fan-out", e.a, e.b)
+	ok("prepared: named statement and statement cache read aids %d and %d on both shards, = ANY($1) fan-out", e.A, e.B)
 
 	// 3. A transaction across two shards: commit, then rollback.
 	balances := func(what string) (int, int) {
 		var x, y int
-		check(conn.QueryRow(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.a).Scan(&x), what)
-		check(conn.QueryRow(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.b).Scan(&y), what)
+		check(conn.QueryRow(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.A).Scan(&x), what)
+		check(conn.QueryRow(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", e.B).Scan(&y), what)
 		return x, y
 	}
 	tx, err := conn.Begin(ctx)
 	check(err, "begin")
-	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 11, e.a)
+	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 11, e.A)
 	check(err, "update aid A")
-	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 22, e.b)
+	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 22, e.B)
 	check(err, "update aid B")
 	check(tx.Commit(ctx), "commit across shards")
-	wantA, wantB := 3*e.a+11, 3*e.b+22
+	wantA, wantB := 3*e.A+11, 3*e.B+22
 	if x, y := balances("read after commit"); x != wantA || y != wantB {
 		failf("after commit: balances (%d, %d), want (%d, %d)", x, y, wantA, wantB)
 	}
-	ok("transaction: BEGIN; UPDATE aid %d; UPDATE aid %d; COMMIT -> both visible", e.a, e.b)
+	ok("transaction: BEGIN; UPDATE aid %d; UPDATE aid %d; COMMIT -> both visible", e.A, e.B)
 	tx, err = conn.Begin(ctx)
 	check(err, "begin")
-	for _, aid := range []int{e.a, e.b} {
+	for _, aid := range []int{e.A, e.B} {
 		_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 1000 WHERE aid = $1", aid)
 		check(err, "update in rolled back transaction")
 	}
@@ -184,10 +149,10 @@ func main() {
 
 	// 4. COPY FROM STDIN (pgx CopyFrom: binary format) into pgbench_history,
 	// split by aid, then COPY TO STDOUT.
-	marker := "compat " + e.client
+	marker := "compat " + e.Client
 	var rows [][]any
 	for i := 1; i <= 20; i++ {
-		rows = append(rows, []any{int32(e.tid), int32(1), int32(i), int32(i), time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), marker})
+		rows = append(rows, []any{int32(e.TID), int32(1), int32(i), int32(i), time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), marker})
 	}
 	copied, err := conn.CopyFrom(ctx, pgx.Identifier{"pgbench_history"},
 		[]string{"tid", "bid", "aid", "delta", "mtime", "filler"}, pgx.CopyFromRows(rows))
@@ -217,7 +182,7 @@ func main() {
 	check(conn.QueryRow(ctx, "SELECT 1").Scan(&one), "SELECT 1 after errors")
 	tx, err = conn.Begin(ctx)
 	check(err, "begin")
-	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 5000 WHERE aid = $1", e.a)
+	_, err = tx.Exec(ctx, "UPDATE pgbench_accounts SET abalance = abalance + 5000 WHERE aid = $1", e.A)
 	check(err, "update in failing transaction")
 	_, err = tx.Exec(ctx, "SELECT 1/0")
 	expectState(err, "22012", "SELECT 1/0 in transaction")
@@ -225,7 +190,7 @@ func main() {
 	expectState(err, "25P02", "SELECT 1 in aborted transaction")
 	check(tx.Rollback(ctx), "rollback after error")
 	if x, _ := balances("read after failed transaction"); x != wantA {
-		failf("after failed transaction: aid %d balance %d, want %d", e.a, x, wantA)
+		failf("after failed transaction: aid %d balance %d, want %d", e.A, x, wantA)
 	}
 	ok("error: 22012 and 42601 reported, SELECT works after; in a transaction 22012, then 25P02, ROLLBACK, the UPDATE is undone")
 
@@ -244,5 +209,5 @@ func main() {
 	}
 	check(conn.QueryRow(ctx, "SELECT 1").Scan(&one), "SELECT 1 after cancel")
 	ok("cancel: context deadline during SELECT pg_sleep(30) -> CancelRequest, 57014 after %v; the connection works", took.Round(time.Millisecond))
-	fmt.Println("PASS " + e.client)
+	fmt.Println("PASS " + e.Client)
 }

@@ -79,8 +79,8 @@ func getCluster(t *testing.T) *localcluster.Cluster {
 	}
 	cl := shared.Get(t)
 	for _, n := range cl.Nodes {
-		if pid := n.PID(); pid != 0 {
-			signalTree(pid, syscall.SIGCONT)
+		if n.PID() != 0 {
+			n.Resume() // a test that failed while it was paused
 			continue
 		}
 		if err := n.Start(ctxT(t, 60*time.Second)); err != nil {
@@ -548,61 +548,16 @@ func abortLines(out string) []string {
 	return l
 }
 
-// signalTree sends sig to the postmaster pid and to all its children
-// (postmaster children call setsid, so a process group signal misses them).
-// For SIGSTOP the postmaster goes first, so it forks no new backend while
-// the children are being stopped.
-func signalTree(pid int, sig syscall.Signal) {
-	if sig == syscall.SIGSTOP {
-		_ = syscall.Kill(pid, sig)
-	}
-	for _, c := range childPIDs(pid) {
-		_ = syscall.Kill(c, sig)
-	}
-	if sig != syscall.SIGSTOP {
-		_ = syscall.Kill(pid, sig)
-	}
-}
-
-// childPIDs lists the live children of pid from /proc.
-func childPIDs(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) < 2 || fields[0] == "Z" {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(fields[1]); ppid == pid {
-			out = append(out, child)
-		}
-	}
-	return out
-}
-
 // freeze black-holes node n (SIGSTOP of the postmaster and every child)
 // and returns the function that thaws it; the test's cleanup thaws it too.
 func freeze(t *testing.T, n *localcluster.Node) (thaw func()) {
 	t.Helper()
-	pid := n.PID()
-	if pid == 0 {
+	if n.PID() == 0 {
 		t.Fatalf("%s is not running", n.Name)
 	}
-	signalTree(pid, syscall.SIGSTOP)
+	n.Pause()
 	var once sync.Once
-	thaw = func() { once.Do(func() { signalTree(pid, syscall.SIGCONT) }) }
+	thaw = func() { once.Do(n.Resume) }
 	t.Cleanup(thaw)
 	return thaw
 }
