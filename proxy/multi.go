@@ -36,17 +36,21 @@ type unit struct {
 
 // gather collects the shards' answers to one multi-shard step.
 type gather struct {
-	ss      *session
-	spec    *plan.Merge // nil: results are concatenated
-	params  *plan.Params
-	merger  *merge.Merger
-	wantRD  bool // the client gets the RowDescription
-	rd      []byte
-	tag     []byte
-	count   int64
-	counted bool
-	err     *wire.Error
-	copyOut []byte // CopyOutResponse of a COPY TO fan-out
+	ss     *session
+	spec   *plan.Merge // nil: results are concatenated
+	params *plan.Params
+	merger *merge.Merger
+	wantRD bool // the client gets the RowDescription as soon as a shard sends it
+	rdSent bool
+	// bindPending: the client is owed a BindComplete, which must precede
+	// the RowDescription and any row streamed from the first shard.
+	bindPending bool
+	rd          []byte
+	tag         []byte
+	count       int64
+	counted     bool
+	err         *wire.Error
+	copyOut     []byte // CopyOutResponse of a COPY TO fan-out
 }
 
 // execUnit runs an op whose statement spans several shards.
@@ -217,9 +221,10 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 		u.g = g
 	}
 	g := u.g
-	// The RowDescription goes out below, after BindComplete: the gather
-	// must not send it on its own as it does for a simple query.
-	g.wantRD = false
+	// Unmerged rows stream to the client while the shards are read, so
+	// BindComplete and the RowDescription go out when the first shard's
+	// arrive (gather.lead), not after the loop.
+	g.wantRD, g.rdSent, g.bindPending = describe && !u.described, false, bind
 	var split map[int][]int
 	if u.st.Kind == plan.InsertSplit {
 		var e *wire.Error
@@ -266,15 +271,15 @@ func (ss *session) execExtMulti(u *unit, implicit, bind, describe, execute bool)
 		ss.skipToSync = true
 		return nil
 	}
-	if bind {
-		ss.w.Append(msgBindComplete)
-	}
+	g.lead()
 	if describe && !u.described {
 		u.described = true
-		if g.rd != nil {
-			ss.w.Append(g.rd)
-		} else {
-			ss.w.Append(msgNoData)
+		if !g.rdSent {
+			if g.rd != nil {
+				ss.w.Append(g.rd)
+			} else {
+				ss.w.Append(msgNoData)
+			}
 		}
 	}
 	if execute {
@@ -449,7 +454,9 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 			g.rd = append([]byte(nil), msg...)
 		}
 		if g.wantRD {
+			g.lead()
 			ss.w.Append(g.rd)
+			g.rdSent = true
 		}
 	case 'D':
 		if g.err != nil {
@@ -461,10 +468,12 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 			}
 			return nil
 		}
+		g.lead()
 		return ss.emit(msg)
 	case 'H': // CopyOutResponse
 		if g.copyOut == nil {
 			g.copyOut = append([]byte(nil), msg...)
+			g.lead()
 			ss.w.Append(msg)
 		}
 	case 'd':
@@ -491,6 +500,15 @@ func (g *gather) take(s int, typ byte, msg []byte) error {
 	case 'I', 'n', 's':
 	}
 	return nil
+}
+
+// lead sends what the client is owed before any row: the BindComplete of
+// an extended-protocol step.
+func (g *gather) lead() {
+	if g.bindPending {
+		g.bindPending = false
+		g.ss.w.Append(msgBindComplete)
+	}
 }
 
 func (g *gather) fail(e *wire.Error) {

@@ -607,6 +607,17 @@ func (ss *session) serverLost(err error) error {
 	if h := ss.srv.hooks.ServerLost; h != nil && addr != "" {
 		h(ss.sc.Pool().Key.Node)
 	}
+	var qt *queryTimeoutError
+	if errors.As(err, &qt) && ss.sc != nil {
+		// The server may be merely slow, not gone: cancel the statement so
+		// it does not run on after the proxy gave up on it.
+		sc := ss.sc
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sc.Cancel(ctx)
+		}()
+	}
 	ss.serverFailed = true
 	for s, sc := range ss.conns {
 		if sc != nil {
@@ -617,8 +628,7 @@ func (ss *session) serverLost(err error) error {
 	if ss.sc != nil {
 		ss.detach(true)
 	}
-	var qt *queryTimeoutError
-	if errors.As(err, &qt) {
+	if qt != nil {
 		ss.srv.log.Warn("server did not answer within limits.query_timeout; connection closed", "shard", shard, "server", addr, "pid", ss.pid, "timeout", qt.after)
 		ss.fatal(wire.Fatalf(wire.CodeQueryCanceled, "canceling statement: server %s (%s) did not answer within limits.query_timeout (%s)", shard, addr, qt.after).
 			WithHint("The statement may or may not have completed; reconnect and check."))

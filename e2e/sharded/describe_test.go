@@ -66,9 +66,11 @@ func TestDescribePortalMessageOrder(t *testing.T) {
 	}
 	const want = "ParseComplete BindComplete RowDescription DataRow CommandComplete ReadyForQuery"
 	for _, q := range []string{
-		"SELECT id, name FROM items WHERE id = $1",               // one shard
-		"SELECT count(*) FROM items WHERE id < $1",               // every shard, merged
-		"SELECT id FROM items WHERE id < $1 ORDER BY id LIMIT 3", // every shard, sorted
+		"SELECT id, name FROM items WHERE id = $1",                        // one shard
+		"SELECT count(*) FROM items WHERE id < $1",                        // every shard, merged
+		"SELECT id FROM items WHERE id < $1 ORDER BY id LIMIT 3",          // every shard, sorted
+		"SELECT id FROM items WHERE id < $1",                              // every shard, rows streamed as they come
+		"SELECT id FROM items WHERE id = ANY(ARRAY[1, 2, 3, $1::bigint])", // some shards, by key
 	} {
 		got := run(&pgproto3.Parse{Query: q}, &pgproto3.Bind{Parameters: [][]byte{[]byte("5")}},
 			&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})

@@ -140,5 +140,14 @@ func TestLimits(t *testing.T) {
 		if got := queryInt(t, connect(t, srv), "SELECT 1"); got != 1 {
 			t.Fatal("proxy unusable after a query timeout")
 		}
+		// The proxy also cancelled the statement: the server does not
+		// sleep on for the rest of its 10 s.
+		deadline := time.Now().Add(3 * time.Second)
+		for n := int64(1); n > 0; time.Sleep(50 * time.Millisecond) {
+			n = sum(onShards(t, 2, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'"))
+			if n > 0 && time.Now().After(deadline) {
+				t.Fatalf("the timed-out statement still runs on the server %s later", time.Since(start).Round(time.Millisecond))
+			}
+		}
 	})
 }
