@@ -199,12 +199,13 @@ func main() {
 	}
 	ok("transaction: BEGIN; UPDATE both; ROLLBACK -> both unchanged")
 
-	// 4. COPY FROM STDIN with pq.CopyIn (in a transaction, as lib/pq
-	// requires); lib/pq has no COPY TO STDOUT, so the rows are counted.
+	// 4. COPY FROM STDIN through lib/pq's prepared COPY statement (in a
+	// transaction, as lib/pq requires); lib/pq has no COPY TO STDOUT, so
+	// the rows are counted.
 	marker := "compat " + e.Client
 	tx, err = conn.BeginTx(ctx, nil)
 	check(err, "begin copy")
-	cp, err := tx.PrepareContext(ctx, pq.CopyIn("pgbench_history", "tid", "bid", "aid", "delta", "mtime", "filler"))
+	cp, err := tx.PrepareContext(ctx, "COPY pgbench_history (tid, bid, aid, delta, mtime, filler) FROM STDIN")
 	check(err, "CopyIn")
 	for i := 1; i <= 20; i++ {
 		_, err = cp.ExecContext(ctx, e.TID, 1, i, i, time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), marker)

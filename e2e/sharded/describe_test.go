@@ -42,7 +42,7 @@ func TestDescribePortalMessageOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			switch m.(type) {
+			switch m := m.(type) {
 			case *pgproto3.ParseComplete:
 				got = append(got, "ParseComplete")
 			case *pgproto3.BindComplete:
@@ -58,7 +58,7 @@ func TestDescribePortalMessageOrder(t *testing.T) {
 			case *pgproto3.CommandComplete:
 				got = append(got, "CommandComplete")
 			case *pgproto3.ErrorResponse:
-				got = append(got, "Error:"+m.(*pgproto3.ErrorResponse).Message)
+				got = append(got, "Error:"+m.Message)
 			case *pgproto3.ReadyForQuery:
 				return strings.Join(append(got, "ReadyForQuery"), " ")
 			}
