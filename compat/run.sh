@@ -168,8 +168,8 @@ for c in $CLIENTS; do
 	node)
 		if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 			missing node "node/npm not installed"
-		elif ! (cd compat/node && npm install --no-audit --no-fund --no-package-lock --loglevel=error) >"$WORK/npm.log" 2>&1; then
-			cat "$WORK/npm.log"; missing node "npm install in compat/node failed"
+		elif ! (cd compat/node && npm ci --no-audit --no-fund --loglevel=error) >"$WORK/npm.log" 2>&1; then
+			cat "$WORK/npm.log"; missing node "npm ci in compat/node failed"
 		else
 			run_client node node compat/node/scenario.js
 		fi ;;
