@@ -43,8 +43,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	// The write buffer comes from a shared pool while there is something
 	// to send (session.run releases it before waiting on the client), so
-	// an idle client costs no write buffer.
-	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 16<<10), w: wire.NewWriter(nc, 0)}
+	// an idle client costs no write buffer. The read buffer is 8 kB, twice
+	// PgBouncer's pkt_buf: client messages are mostly small, and a larger
+	// one is read straight into its own buffer, not copied twice.
+	ss := &session{srv: s, conn: nc, r: wire.NewReader(nc, 8<<10), w: wire.NewWriter(nc, 0)}
 	ss.r.SetMaxMessage(int(s.Config().Limits.MaxMessageSize))
 	defer func() {
 		// The last line of defence for the startup, login and console
