@@ -121,46 +121,42 @@ func (s *Server) initConsole(opts Options) {
 	// Start from the caller's hooks so every hook not counted here
 	// (Statement, Batch, ServerLost, ...) passes through as it is.
 	s.hooks = h
-	counted := Hooks{
-		ClientConnected: func() {
-			c.clientsTotal.Add(1)
-			if h.ClientConnected != nil {
-				h.ClientConnected()
-			}
-		},
-		ClientRefused: func(reason string) {
-			c.refused.Add(1)
-			if h.ClientRefused != nil {
-				h.ClientRefused(reason)
-			}
-		},
-		Query: func() {
-			c.queries.Add(1)
-			if h.Query != nil {
-				h.Query()
-			}
-		},
-		Transaction: func() {
-			c.transactions.Add(1)
-			if h.Transaction != nil {
-				h.Transaction()
-			}
-		},
-		Error: func(code string) {
-			c.errors.Add(1)
-			if h.Error != nil {
-				h.Error(code)
-			}
-		},
-		Cancel: func() {
-			c.cancels.Add(1)
-			if h.Cancel != nil {
-				h.Cancel()
-			}
-		},
+	s.hooks.ClientConnected = func() {
+		c.clientsTotal.Add(1)
+		if h.ClientConnected != nil {
+			h.ClientConnected()
+		}
 	}
-	s.hooks.ClientConnected, s.hooks.ClientRefused, s.hooks.Query = counted.ClientConnected, counted.ClientRefused, counted.Query
-	s.hooks.Transaction, s.hooks.Error, s.hooks.Cancel = counted.Transaction, counted.Error, counted.Cancel
+	s.hooks.ClientRefused = func(reason string) {
+		c.refused.Add(1)
+		if h.ClientRefused != nil {
+			h.ClientRefused(reason)
+		}
+	}
+	s.hooks.Query = func() {
+		c.queries.Add(1)
+		if h.Query != nil {
+			h.Query()
+		}
+	}
+	s.hooks.Transaction = func() {
+		c.transactions.Add(1)
+		if h.Transaction != nil {
+			h.Transaction()
+		}
+	}
+	s.hooks.Error = func(code string) {
+		c.errors.Add(1)
+		if h.Error != nil {
+			h.Error(code)
+		}
+	}
+	s.hooks.Cancel = func() {
+		c.cancels.Add(1)
+		if h.Cancel != nil {
+			h.Cancel()
+		}
+	}
 }
 
 // trackClient lists a logged-in client for SHOW CLIENTS; call the
