@@ -11,7 +11,11 @@
 #        SCALE (10), KEEP_TMP (0: set 1 to keep the tmpdir with all logs),
 #        SHARDS (1: with 2 or more, shardproxy fronts that many shards with
 #        pgbench's rows split among them, loaded through the proxy, while
-#        "direct" and PgBouncer use one separate PostgreSQL holding all rows).
+#        "direct" and PgBouncer use one separate PostgreSQL holding all rows),
+#        PGBOUNCER_NEW (auto: also measure the PgBouncer Debian 13 ships,
+#        built from Debian's source package by bench/pgbouncer-build.sh,
+#        which unlike Debian 12's 1.18 runs -M prepared; 0: skip it; a path:
+#        use that pgbouncer binary).
 # Output: a Markdown table on stdout, also written to bench/results/latest.md;
 #         per-run numbers in bench/results/latest-raw.tsv.
 set -euo pipefail
@@ -29,6 +33,7 @@ THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 KEEP_TMP=${KEEP_TMP:-0}
 SHARDS=${SHARDS:-1}
+PGBOUNCER_NEW=${PGBOUNCER_NEW:-auto}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -46,6 +51,8 @@ TMP=""
 PROXY_PID=""
 DIRECT_PID=""
 BOUNCER_PID=""
+NEW_PID=""
+NEW_BIN=""
 USED_PORTS=" "
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -75,11 +82,13 @@ cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	set +e
-	if [[ -n $BOUNCER_PID ]] && kill -0 "$BOUNCER_PID" 2>/dev/null; then
-		kill -TERM "$BOUNCER_PID" 2>/dev/null
-		wait_exit "$BOUNCER_PID" 10 || kill -KILL "$BOUNCER_PID" 2>/dev/null
-	fi
 	local pid
+	for pid in $BOUNCER_PID $NEW_PID; do
+		if kill -0 "$pid" 2>/dev/null; then
+			kill -TERM "$pid" 2>/dev/null
+			wait_exit "$pid" 10 || kill -KILL "$pid" 2>/dev/null
+		fi
+	done
 	for pid in $PROXY_PID $DIRECT_PID; do
 		if kill -0 "$pid" 2>/dev/null; then
 			# SIGTERM lets shardproxy dev stop its own Postgres servers;
@@ -217,14 +226,16 @@ start_targets() {
 	fi
 }
 
-# start_pgbouncer runs PgBouncer 1.18 in transaction mode in front of the
-# same primary. Its pool size matches the proxy's default (20). PgBouncer
-# refuses to run as root, so as root it runs as the postgres OS user via
-# setpriv, which execs (unlike runuser, which forks), so $! is pgbouncer's
-# own PID and cleanup can stop it by that PID.
+# start_pgbouncer NAME BIN [INI_LINE...] runs a PgBouncer in transaction mode
+# in front of the same primary, and sets BOUNCER_PID/BOUNCER_PORT. Its pool
+# size matches the proxy's default (20). PgBouncer refuses to run as root,
+# so as root it runs as the postgres OS user via setpriv, which execs
+# (unlike runuser, which forks), so $! is pgbouncer's own PID and cleanup
+# can stop it by that PID.
 start_pgbouncer() {
-	local attempt dir port
-	dir=$TMP/pgbouncer
+	local name=$1 bin=$2 attempt dir port line
+	shift 2
+	dir=$TMP/$name
 	mkdir -p "$dir"
 	printf '"app" "app"\n' >"$dir/userlist.txt"
 	for attempt in 1 2 3; do
@@ -246,19 +257,20 @@ start_pgbouncer() {
 			log_disconnections = 0
 			ignore_startup_parameters = extra_float_digits,options
 		EOF
+		for line in "$@"; do echo "$line" >>"$dir/pgbouncer.ini"; done
 		: >"$dir/pgbouncer.log"
 		if [[ $EUID -eq 0 ]]; then
 			chown -R postgres:postgres "$dir"
 			chmod 700 "$dir"
 			setpriv --reuid=postgres --regid=postgres --init-groups \
-				"$PGBOUNCER_BIN" "$dir/pgbouncer.ini" >"$dir/stdout" 2>&1 </dev/null &
+				"$bin" "$dir/pgbouncer.ini" >"$dir/stdout" 2>&1 </dev/null &
 		else
-			"$PGBOUNCER_BIN" "$dir/pgbouncer.ini" >"$dir/stdout" 2>&1 </dev/null &
+			"$bin" "$dir/pgbouncer.ini" >"$dir/stdout" 2>&1 </dev/null &
 		fi
 		BOUNCER_PID=$!
 		if wait_listen "$port" 20 "$BOUNCER_PID"; then
 			BOUNCER_PORT=$port
-			log "pgbouncer $("$PGBOUNCER_BIN" --version | head -1 | awk '{print $2}') ready on :$port"
+			log "pgbouncer $(bouncer_version "$bin") ready on :$port"
 			return 0
 		fi
 		if kill -0 "$BOUNCER_PID" 2>/dev/null; then
@@ -277,6 +289,38 @@ start_pgbouncer() {
 	die "pgbouncer: ports kept being taken"
 }
 
+# start_bouncers starts Debian 12's PgBouncer and, unless PGBOUNCER_NEW=0,
+# the newer one (its prepared-statement support on: max_prepared_statements).
+# A newer one that cannot be built is left out with a note, not fatal: the
+# 1.18 comparison still stands.
+start_bouncers() {
+	local old_pid old_port
+	start_pgbouncer pgbouncer "$PGBOUNCER_BIN"
+	old_pid=$BOUNCER_PID old_port=$BOUNCER_PORT
+	case $PGBOUNCER_NEW in
+	0) ;;
+	auto)
+		NEW_BIN=$(bash "$BENCH_DIR/pgbouncer-build.sh" "$BENCH_DIR/.bin" 2>"$TMP/pgbouncer-build.log") || {
+			NEW_BIN=""
+			tail -5 "$TMP/pgbouncer-build.log" >&2
+			log "could not build a newer PgBouncer; measuring without it (PGBOUNCER_NEW=0 skips the attempt)"
+		}
+		;;
+	*)
+		[[ -x $PGBOUNCER_NEW ]] || die "PGBOUNCER_NEW=$PGBOUNCER_NEW is not an executable"
+		NEW_BIN=$PGBOUNCER_NEW
+		;;
+	esac
+	if [[ -n $NEW_BIN ]]; then
+		start_pgbouncer pgbouncer-new "$NEW_BIN" "max_prepared_statements = 200"
+		NEW_PID=$BOUNCER_PID NEW_PORT=$BOUNCER_PORT
+	fi
+	BOUNCER_PID=$old_pid BOUNCER_PORT=$old_port
+}
+
+# bouncer_version BIN prints PgBouncer's version number.
+bouncer_version() { "$1" --version | head -1 | awk '{print $2}'; }
+
 # wait_listen PORT SECS PID: true once PID listens on 127.0.0.1:PORT.
 wait_listen() {
 	local i
@@ -294,6 +338,7 @@ port_of() {
 	direct) echo "$PRIMARY_PORT" ;;
 	shardproxy) echo "$PROXY_PORT" ;;
 	pgbouncer) echo "$BOUNCER_PORT" ;;
+	pgbouncer-new) echo "$NEW_PORT" ;;
 	*) die "unknown target $1" ;;
 	esac
 }
@@ -302,9 +347,12 @@ port_of() {
 # transaction mode (protocol-level named statements live on one server
 # connection, the next transaction may get another: "prepared statement
 # P_0 does not exist"; support came in 1.21), so -M prepared compares the
-# proxy against direct only.
+# proxy against direct and the newer PgBouncer only.
 targets_for() {
-	if [[ $1 == prepared ]]; then echo "direct shardproxy"; else echo "direct shardproxy pgbouncer"; fi
+	local t="direct shardproxy"
+	[[ $1 == prepared ]] || t+=" pgbouncer"
+	[[ -n $NEW_BIN ]] && t+=" pgbouncer-new"
+	echo "$t"
 }
 
 # run_pgbench TARGET MODE CLIENTS SECS LABEL: one bounded pgbench -S run;
@@ -341,7 +389,7 @@ run_pgbench() {
 diagnose() {
 	set +e
 	case $1 in
-	pgbouncer) tail -20 "$TMP/pgbouncer/pgbouncer.log" >&2 ;;
+	pgbouncer | pgbouncer-new) tail -20 "$TMP/$1/pgbouncer.log" >&2 ;;
 	shardproxy)
 		tail -20 "$TMP"/proxy*.err >&2
 		if command -v curl >/dev/null; then
@@ -386,7 +434,7 @@ measure_cell() {
 # per-round ratios target/direct (pairs runs from the same round, so slow
 # drift over the run cancels out), as a Markdown table.
 summarize() {
-	awk -F'\t' -v modes="$MODES" -v clients="$CLIENTS" '
+	awk -F'\t' -v modes="$MODES" -v clients="$CLIENTS" -v oldv="$(bouncer_version "$PGBOUNCER_BIN")" -v newv="${NEW_BIN:+$(bouncer_version "$NEW_BIN")}" '
 	function median(s,    a, n, i, j, t) {
 		n = split(s, a, " ")
 		for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -399,20 +447,24 @@ summarize() {
 		return s
 	}
 	function tpscell(m, c, t) {
-		if (!((m, c, t) in tps)) return "n/a [1]"
+		if (!((m, c, t) in tps)) return t == "pgbouncer" ? "n/a [1]" : "n/a"
 		return sprintf("%.0f (%.2f)", median(tps[m, c, t]), median(ratios(m, c, t)))
 	}
-	function latcell(m, c, t) { return ((m, c, t) in lat) ? sprintf("%.3f", median(lat[m, c, t])) : "n/a [1]" }
+	function latcell(m, c, t) { return ((m, c, t) in lat) ? sprintf("%.3f", median(lat[m, c, t])) : (t == "pgbouncer" ? "n/a [1]" : "n/a") }
 	END {
-		print "| mode | clients | direct tps | shardproxy tps (ratio) | pgbouncer tps (ratio) | direct lat ms | shardproxy lat ms | pgbouncer lat ms |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|"
+		hn = newv != "" ? sprintf(" pgbouncer %s tps (ratio) |", newv) : ""
+		ln = newv != "" ? sprintf(" pgbouncer %s lat ms |", newv) : ""
+		printf "| mode | clients | direct tps | shardproxy tps (ratio) | pgbouncer %s tps (ratio) |%s direct lat ms | shardproxy lat ms | pgbouncer %s lat ms |%s\n", oldv, hn, oldv, ln
+		print "|---|---:|---:|---:|---:|" (newv != "" ? "---:|" : "") "---:|---:|---:|" (newv != "" ? "---:|" : "")
 		nm = split(modes, M, " "); nc = split(clients, C, " ")
 		for (i = 1; i <= nm; i++) for (j = 1; j <= nc; j++) {
 			m = M[i]; c = C[j]
 			if (!((m, c, "direct") in tps)) continue
-			printf "| %s | %s | %.0f | %s | %s | %s | %s | %s |\n", m, c, median(tps[m, c, "direct"]),
-				tpscell(m, c, "shardproxy"), tpscell(m, c, "pgbouncer"),
-				latcell(m, c, "direct"), latcell(m, c, "shardproxy"), latcell(m, c, "pgbouncer")
+			printf "| %s | %s | %.0f | %s | %s |", m, c, median(tps[m, c, "direct"]), tpscell(m, c, "shardproxy"), tpscell(m, c, "pgbouncer")
+			if (newv != "") printf " %s |", tpscell(m, c, "pgbouncer-new")
+			printf " %s | %s | %s |", latcell(m, c, "direct"), latcell(m, c, "shardproxy"), latcell(m, c, "pgbouncer")
+			if (newv != "") printf " %s |", latcell(m, c, "pgbouncer-new")
+			printf "\n"
 		}
 	}' "$RAW"
 }
@@ -439,7 +491,7 @@ main() {
 	build_proxy
 	start_targets
 	init_data
-	start_pgbouncer
+	start_bouncers
 
 	for mode in $MODES; do
 		for c in $CLIENTS; do
@@ -454,12 +506,13 @@ main() {
 		echo "Started $started; pgbench -S -j $THREADS, scale $SCALE, $ROUNDS round(s) of ${RUN_SECONDS} s per target, targets rotated per round, ${WARMUP} s warm-up per target and cell."
 		echo "All targets: one local PostgreSQL $(PGPASSWORD=app psql -XAtq -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -d app -c 'show server_version' | awk '{print $1}') primary, app/app over SCRAM, sslmode=disable, 127.0.0.1."
 		((SHARDS > 1)) && echo "Except shardproxy: it fronts $SHARDS shard primaries on the same machine, pgbench's rows split among them by key (loaded through the proxy); direct and pgbouncer reach one PostgreSQL holding all rows."
-		echo "shardproxy: transaction pooling, pool size 20 (default). pgbouncer $("$PGBOUNCER_BIN" --version | head -1 | awk '{print $2}'): pool_mode=transaction, default_pool_size=20."
+		echo "shardproxy: transaction pooling, pool size 20 (default). pgbouncer $(bouncer_version "$PGBOUNCER_BIN") (Debian 12's package): pool_mode=transaction, default_pool_size=20."
+		[[ -n $NEW_BIN ]] && echo "pgbouncer $(bouncer_version "$NEW_BIN") (Debian 13's source package, built here by bench/pgbouncer-build.sh): the same settings plus max_prepared_statements=200."
 		echo "tps and latency are medians over rounds; (ratio) is the median of per-round tps ratios to direct."
 		echo
 		summarize
 		echo
-		echo "[1] PgBouncer 1.18 cannot run pgbench -M prepared in transaction pooling mode: protocol-level named prepared statements live on one server connection, and the next transaction may be given another (\"prepared statement ... does not exist\"); PgBouncer supports them only from 1.21 (max_prepared_statements). Prepared mode compares shardproxy against direct only."
+		echo "[1] PgBouncer 1.18 cannot run pgbench -M prepared in transaction pooling mode: protocol-level named prepared statements live on one server connection, and the next transaction may be given another (\"prepared statement ... does not exist\"); PgBouncer supports them only from 1.21 (max_prepared_statements). Prepared mode compares shardproxy against direct$([[ -n $NEW_BIN ]] && echo " and PgBouncer $(bouncer_version "$NEW_BIN")") only."
 		echo
 		echo "Machine: nproc $(nproc). Load before: \`${load_before#*load average: }\`; after: \`${load_after#*load average: }\`. pgbench, Postgres and the proxy share these cores, so absolute numbers are machine-bound; compare ratios."
 	} >"$RESULTS_DIR/latest.md"

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/shardproxy/shardproxy/rawsock"
 	"github.com/shardproxy/shardproxy/wire"
 )
 
@@ -75,11 +76,15 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 		pc.Close(ctx)
 		return nil, fmt.Errorf("hijack server connection: %w", err)
 	}
+	if tc, ok := hc.Conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	nc := rawsock.Wrap(hc.Conn)
 	now := time.Now()
 	c := &Conn{
-		net:       hc.Conn,
-		R:         wire.NewReader(hc.Conn, 32<<10),
-		W:         wire.NewWriter(hc.Conn, 16<<10),
+		net:       nc,
+		R:         wire.NewReader(nc, 32<<10),
+		W:         wire.NewWriter(nc, 16<<10),
 		PID:       hc.PID,
 		Secret:    hc.SecretKey,
 		Reported:  hc.ParameterStatuses,
@@ -88,9 +93,6 @@ func connect(ctx context.Context, cfg *pgconn.Config) (*Conn, error) {
 		prepared:  map[string]*list.Element{},
 		createdAt: now,
 		lastUsed:  now,
-	}
-	if tc, ok := hc.Conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
 	}
 	return c, nil
 }

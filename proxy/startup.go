@@ -16,6 +16,7 @@ import (
 	"github.com/shardproxy/shardproxy/auth"
 	"github.com/shardproxy/shardproxy/config"
 	"github.com/shardproxy/shardproxy/plan"
+	"github.com/shardproxy/shardproxy/rawsock"
 	"github.com/shardproxy/shardproxy/router"
 	"github.com/shardproxy/shardproxy/wire"
 )
@@ -41,6 +42,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	nc = rawsock.Wrap(nc)
 	// The write buffer comes from a shared pool while there is something
 	// to send (session.run releases it before waiting on the client), so
 	// an idle client costs no write buffer. The read buffer is 8 kB, twice
