@@ -35,8 +35,9 @@ type Conn struct {
 	// Params holds session settings the proxy has applied with SET, as
 	// SQL text, so a client's settings are applied only when they differ.
 	Params map[string]string
-	// SyncTag identifies the client settings version last applied here,
-	// so an unchanged client skips the comparison.
+	// SyncTag identifies the set of client settings last applied here
+	// (sessions with equal settings share a tag), so a client whose
+	// settings are already in place skips the comparison.
 	SyncTag uint64
 
 	// prepared is the LRU of server-side prepared statement names this

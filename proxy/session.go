@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,6 +171,52 @@ type session struct {
 }
 
 var paramsTags atomic.Uint64
+
+// maxSharedTags bounds the table of settings sets that have a shared tag;
+// an application that gives every session its own settings (a unique
+// application_name, say) gets fresh tags once it is full, as before.
+const maxSharedTags = 4096
+
+var sharedTags struct {
+	sync.Mutex
+	m map[string]uint64
+}
+
+// paramsTagOf returns the tag of a set of session settings. Sessions with
+// the same settings share a tag, so a server connection passed between
+// them (every transaction, in transaction pooling) skips comparing the
+// settings: the common case, where every client of an application logs in
+// with the same startup parameters. It runs when settings change, not per
+// transaction.
+func paramsTagOf(params map[string]string) uint64 {
+	keys := make([]string, 0, len(params))
+	n := 0
+	for k, v := range params {
+		keys = append(keys, k)
+		n += len(k) + len(v) + 2
+	}
+	sort.Strings(keys)
+	b := make([]byte, 0, n)
+	for _, k := range keys {
+		b = append(b, k...)
+		b = append(b, 0)
+		b = append(b, params[k]...)
+		b = append(b, 0)
+	}
+	sharedTags.Lock()
+	defer sharedTags.Unlock()
+	if tag, ok := sharedTags.m[string(b)]; ok {
+		return tag
+	}
+	tag := paramsTags.Add(1)
+	if sharedTags.m == nil {
+		sharedTags.m = map[string]uint64{}
+	}
+	if len(sharedTags.m) < maxSharedTags {
+		sharedTags.m[string(b)] = tag
+	}
+	return tag
+}
 
 // clientError marks a failure to talk to the client (it went away).
 type clientError struct{ err error }
@@ -747,7 +795,7 @@ func (ss *session) applySets(ops []setOp) {
 			}
 		}
 	}
-	ss.paramsTag = paramsTags.Add(1)
+	ss.paramsTag = paramsTagOf(ss.params)
 	if inSync {
 		sc.SyncTag = ss.paramsTag
 	}

@@ -250,7 +250,7 @@ func (ss *session) login(sm *pgproto3.StartupMessage) error {
 	ss.queries = map[string][]router.Part{}
 	ss.normalized = map[string]*plan.Statement{}
 	ss.stmts = map[string]*sharedStmt{}
-	ss.paramsTag = paramsTags.Add(1)
+	ss.paramsTag = paramsTagOf(ss.params)
 
 	// Logins with settings seen recently are answered from the cache: the
 	// database is known to exist and the server's ParameterStatus answers

@@ -13,6 +13,11 @@
 // owns them), so no call here can block: it either moves bytes or returns
 // EAGAIN, and then the goroutine waits on the poller exactly as net.Conn
 // does, with the same deadlines and the same wakeup on Close.
+//
+// The calls are recvfrom and sendto rather than read and write: on a socket
+// they skip the file layer (position lock check, permission and fsnotify
+// hooks) that read and write pass through, as PgBouncer's recv/send do, and
+// MSG_NOSIGNAL turns a write to a closed peer into EPIPE without a SIGPIPE.
 package rawsock
 
 import (
@@ -86,7 +91,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 func (c *Conn) read(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)), 0, 0, 0)
 		switch e {
 		case 0:
 			c.rn = int(n)
@@ -117,7 +122,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		rest := c.wbuf[c.wn:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), syscall.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
 			c.wn += int(n)
