@@ -1,7 +1,9 @@
 package replica
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -154,6 +156,42 @@ func feed(m *Monitor, node int, inRecovery bool, lsn uint64, ts time.Time) {
 
 func feedErr(m *Monitor, node int, ts time.Time) {
 	m.list()[0].record(node, probeResult{err: errors.New("boom"), sent: ts, recv: ts})
+}
+
+func feedTimeout(m *Monitor, node int, ts time.Time) {
+	err := fmt.Errorf("probe 127.0.0.1:5432: timeout: %w", context.DeadlineExceeded)
+	m.list()[0].record(node, probeResult{err: err, sent: ts, recv: ts})
+}
+
+// One probe that runs out of time is a busy node, not a dead one: it
+// stays up until a second one in a row does. A refusal counts at once.
+func TestSlowProbeIsNotDown(t *testing.T) {
+	m := fakeMonitor(t, 1, 1)
+	t0 := time.Now()
+	feed(m, 0, false, 10, t0)
+	feed(m, 1, true, 10, t0)
+	up := func(node int) bool { return m.States()[0].Nodes[node].Healthy }
+	feedTimeout(m, 0, t0.Add(ms))
+	if n, ok := m.Primary(0); n != 0 || !ok {
+		t.Fatalf("primary after one slow probe = %d, %v; want 0, true", n, ok)
+	}
+	feed(m, 0, false, 11, t0.Add(2*ms)) // answers again: the count starts over
+	feedTimeout(m, 0, t0.Add(3*ms))
+	if _, ok := m.Primary(0); !ok {
+		t.Fatal("a slow probe after an answer took the primary down")
+	}
+	feedTimeout(m, 0, t0.Add(4*ms))
+	if _, ok := m.Primary(0); ok {
+		t.Fatal("primary still up after two probes in a row timed out")
+	}
+	feedTimeout(m, 1, t0.Add(ms))
+	if !up(1) {
+		t.Fatal("replica down after one slow probe")
+	}
+	feedErr(m, 1, t0.Add(2*ms))
+	if up(1) {
+		t.Fatal("replica still up after a hard probe failure")
+	}
 }
 
 func TestPickFilters(t *testing.T) {

@@ -98,6 +98,27 @@ type probeState struct {
 	recv        time.Time // reply time of the latest successful probe
 	probedAt    time.Time // time of the latest probe, successful or not
 	lastErr     string
+	timeouts    int // consecutive probes of a healthy node that timed out
+}
+
+// timeoutsToDown is how many probes in a row must time out before a node
+// that was healthy is reported down. One slow answer is what a saturated
+// machine gives (measured: a primary busy with pgbench at load average 9
+// missed the 600 ms timeout once and answered the next probe 26 ms later;
+// declaring it down failed every client's next statement). Two in a row
+// still report a stalled node within about 1.5 s (Interval + 2 x Timeout).
+// A hard failure (refused, reset, an error from the server) counts at
+// once: it says the node is gone, not slow.
+const timeoutsToDown = 2
+
+// isTimeout reports whether a probe failed by running out of time rather
+// than by an answer or a refusal.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 type shard struct {
@@ -405,6 +426,13 @@ func (s *shard) record(i int, res probeResult) {
 	defer s.mu.Unlock()
 	st := &s.st[i]
 	st.probedAt = res.recv
+	if res.err != nil && st.healthy && isTimeout(res.err) {
+		if st.timeouts++; st.timeouts < timeoutsToDown {
+			s.log.Debug("replica: probe timed out; node kept healthy until the next one", "shard", s.name, "node", s.nodes[i].addr, "err", res.err)
+			return
+		}
+	}
+	st.timeouts = 0
 	switch {
 	case res.err != nil && (st.healthy || !st.seen && st.lastErr == ""):
 		s.log.Warn("replica: node unhealthy", "shard", s.name, "node", s.nodes[i].addr, "err", res.err)
