@@ -52,6 +52,7 @@ PROXY_PID=""
 DIRECT_PID=""
 BOUNCER_PID=""
 NEW_PID=""
+STARTED_PID=""
 NEW_BIN=""
 USED_PORTS=" "
 
@@ -83,7 +84,7 @@ cleanup() {
 	trap - EXIT INT TERM
 	set +e
 	local pid
-	for pid in $BOUNCER_PID $NEW_PID; do
+	for pid in $BOUNCER_PID $NEW_PID $STARTED_PID; do
 		if kill -0 "$pid" 2>/dev/null; then
 			kill -TERM "$pid" 2>/dev/null
 			wait_exit "$pid" 10 || kill -KILL "$pid" 2>/dev/null
@@ -227,7 +228,7 @@ start_targets() {
 }
 
 # start_pgbouncer NAME BIN [INI_LINE...] runs a PgBouncer in transaction mode
-# in front of the same primary, and sets BOUNCER_PID/BOUNCER_PORT. Its pool
+# in front of the same primary, and sets STARTED_PID/STARTED_PORT. Its pool
 # size matches the proxy's default (20). PgBouncer refuses to run as root,
 # so as root it runs as the postgres OS user via setpriv, which execs
 # (unlike runuser, which forks), so $! is pgbouncer's own PID and cleanup
@@ -267,18 +268,18 @@ start_pgbouncer() {
 		else
 			"$bin" "$dir/pgbouncer.ini" >"$dir/stdout" 2>&1 </dev/null &
 		fi
-		BOUNCER_PID=$!
-		if wait_listen "$port" 20 "$BOUNCER_PID"; then
-			BOUNCER_PORT=$port
+		STARTED_PID=$!
+		if wait_listen "$port" 20 "$STARTED_PID"; then
+			STARTED_PORT=$port
 			log "pgbouncer $(bouncer_version "$bin") ready on :$port"
 			return 0
 		fi
-		if kill -0 "$BOUNCER_PID" 2>/dev/null; then
+		if kill -0 "$STARTED_PID" 2>/dev/null; then
 			cat "$dir/pgbouncer.log" "$dir/stdout" >&2
 			die "pgbouncer not listening within 20 s"
 		fi
-		wait "$BOUNCER_PID" 2>/dev/null || true
-		BOUNCER_PID=""
+		wait "$STARTED_PID" 2>/dev/null || true
+		STARTED_PID=""
 		if grep -qi 'address already in use' "$dir/pgbouncer.log" "$dir/stdout"; then
 			log "port taken meanwhile, retrying"
 			continue
@@ -294,9 +295,8 @@ start_pgbouncer() {
 # A newer one that cannot be built is left out with a note, not fatal: the
 # 1.18 comparison still stands.
 start_bouncers() {
-	local old_pid old_port
 	start_pgbouncer pgbouncer "$PGBOUNCER_BIN"
-	old_pid=$BOUNCER_PID old_port=$BOUNCER_PORT
+	BOUNCER_PID=$STARTED_PID BOUNCER_PORT=$STARTED_PORT
 	case $PGBOUNCER_NEW in
 	0) ;;
 	auto)
@@ -313,9 +313,8 @@ start_bouncers() {
 	esac
 	if [[ -n $NEW_BIN ]]; then
 		start_pgbouncer pgbouncer-new "$NEW_BIN" "max_prepared_statements = 200"
-		NEW_PID=$BOUNCER_PID NEW_PORT=$BOUNCER_PORT
+		NEW_PID=$STARTED_PID NEW_PORT=$STARTED_PORT
 	fi
-	BOUNCER_PID=$old_pid BOUNCER_PORT=$old_port
 }
 
 # bouncer_version BIN prints PgBouncer's version number.

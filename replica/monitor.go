@@ -429,6 +429,7 @@ func (s *shard) record(i int, res probeResult) {
 	if res.err != nil && st.healthy && isTimeout(res.err) {
 		if st.timeouts++; st.timeouts < timeoutsToDown {
 			s.log.Debug("replica: probe timed out; node kept healthy until the next one", "shard", s.name, "node", s.nodes[i].addr, "err", res.err)
+			s.publishLocked() // the status shows the probe time
 			return
 		}
 	}
