@@ -47,10 +47,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# free_port prints a 127.0.0.1 port nothing listens on, below the kernel's
+# ephemeral range (32768 and up), so the outgoing connections shardproxy dev
+# makes while it starts its servers cannot take it first.
 free_port() {
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12000))
 		# Nothing answers: the port is free (a small race is acceptable).
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
@@ -59,21 +62,40 @@ free_port() {
 	done
 	return 1
 }
-PORT=$(free_port) || die "no free port"
-ADMIN_PORT=$(free_port) || die "no free port"
-while [ "$ADMIN_PORT" = "$PORT" ]; do ADMIN_PORT=$(free_port); done
+
+# start_dev runs shardproxy dev on fresh ports until it is ready; a port
+# taken between free_port and bind (other servers run here too) means
+# another try, anything else is fatal.
+start_dev() {
+	local attempt
+	for attempt in 1 2 3; do
+		PORT=$(free_port) || die "no free port"
+		ADMIN_PORT=$(free_port) || die "no free port"
+		while [ "$ADMIN_PORT" = "$PORT" ]; do ADMIN_PORT=$(free_port); done
+		rm -rf "$WORK/dev"
+		log "starting shardproxy dev (2 shards, 1 replica each) on 127.0.0.1:$PORT in $WORK/dev"
+		bin/shardproxy dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" \
+			--shards 2 --replicas 1 >"$WORK/dev.out" 2>"$WORK/dev.err" &
+		DEV_PID=$!
+		for _ in $(seq 1 480); do
+			grep -q '^ready ' "$WORK/dev.out" && return 0
+			kill -0 "$DEV_PID" 2>/dev/null || break
+			sleep 0.25
+		done
+		if kill -0 "$DEV_PID" 2>/dev/null; then
+			cat "$WORK/dev.out" "$WORK/dev.err" >&2
+			die "shardproxy dev not ready in 120 s"
+		fi
+		wait "$DEV_PID" 2>/dev/null
+		DEV_PID=""
+		grep -q 'address already in use' "$WORK/dev.err" || { cat "$WORK/dev.out" "$WORK/dev.err" >&2; die "shardproxy dev exited"; }
+		log "a port was taken meanwhile (attempt $attempt); retrying on others"
+	done
+	die "shardproxy dev: ports kept being taken"
+}
 
 START=$(date +%s)
-log "starting shardproxy dev (2 shards, 1 replica each) on 127.0.0.1:$PORT in $WORK/dev"
-bin/shardproxy dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" \
-	--shards 2 --replicas 1 >"$WORK/dev.out" 2>"$WORK/dev.err" &
-DEV_PID=$!
-for _ in $(seq 1 480); do
-	grep -q '^ready ' "$WORK/dev.out" && break
-	kill -0 "$DEV_PID" 2>/dev/null || { cat "$WORK/dev.out" "$WORK/dev.err" >&2; die "shardproxy dev exited"; }
-	sleep 0.25
-done
-grep -q '^ready ' "$WORK/dev.out" || { cat "$WORK/dev.out" "$WORK/dev.err" >&2; die "shardproxy dev not ready in 120 s"; }
+start_dev
 log "dev ready in $(($(date +%s) - START)) s"
 
 SHARD0_DSN=$(awk '$1 == "node" && $2 == "shard0" && $3 == "primary" {print $4}' "$WORK/dev.out")
